@@ -1,0 +1,106 @@
+"""The ``wmsynth`` command line: validate, run and list stages.
+
+    wmsynth validate stages.yaml [--set stage.param=value ...]
+    wmsynth run stages.yaml [--set stage.param=value ...] [--output DIR] [--only STAGE] [--resume]
+    wmsynth stages
+
+Exit codes: 0 success, 1 the run failed, 2 the configuration is invalid (every error printed with its YAML path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import typing
+
+from pydantic.fields import FieldInfo
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wmsynth", description="World-model data synthesis for VLA policies.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("validate", "check a stages.yaml without starting Ray"),
+                            ("run", "run the pipeline of a stages.yaml on Ray")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("config", help="path to stages.yaml")
+        cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.PARAM=VALUE",
+                         help="override a param (value parsed as YAML); repeatable")
+        cmd.add_argument("--output", help="run directory (overrides output_dir)")
+        if name == "run":
+            cmd.add_argument("--only", metavar="STAGE", help="re-run one stage from the persisted output before it")
+            cmd.add_argument("--resume", action="store_true", help="continue a killed run: skip finished work")
+    sub.add_parser("stages", help="list the registered stages and their params")
+    return parser
+
+
+def _type_name(annotation: typing.Any) -> str:
+    text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
+    return text or str(annotation).replace("typing.", "").replace("pipeline.stage.", "")
+
+
+def _print_stages() -> None:
+    import pipeline.stages  # noqa: F401
+    from pipeline.stage import REGISTRY
+
+    for name, spec in sorted(REGISTRY.items()):
+        print(f"{name}  [{spec.kind}]  {spec.doc}")
+        for field_name, info in spec.params_model.model_fields.items():
+            info: FieldInfo
+            default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=True)!r}"
+            desc = f"  {info.description}" if info.description else ""
+            print(f"    {field_name}: {_type_name(info.annotation)} ({default}){desc}")
+        print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command == "stages":
+        _print_stages()
+        return 0
+
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, args.overrides, output_dir=args.output)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        print(f"{args.config}: OK ({len(config.stages)} stages: {', '.join(s.name for s in config.stages)})")
+        return 0
+
+    from pipeline.run import RunError, run
+
+    try:
+        manifest = run(config, only=args.only, resume=args.resume)
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary(manifest))
+    return 0 if manifest["counts"].get("quarantined", 0) < manifest["counts"]["total"] else 1
+
+
+def summary(manifest: dict) -> str:
+    counts = {k: v for k, v in manifest["counts"].items() if k != "total"}
+    lines = [
+        "",
+        f"wmsynth run finished: {manifest['counts']['total']} episodes -> {json.dumps(counts)}",
+        *(f"  stage {t['stage']:<20} {t['seconds']:8.1f} s  {json.dumps(t['counts'])}"
+          + ("  (resumed)" if t["resumed"] else "") for t in manifest["stages"]),
+    ]
+    for entry in manifest["episodes"]:
+        if entry["fate"] in ("quarantined", "filtered"):
+            lines.append(f"  {entry['fate']}: {entry['episode_id']} at {entry['stage']}: {entry.get('reason', '')}")
+    if manifest["shards"]:
+        lines.append(f"shards ({len(manifest['shards'])}): {manifest['shards_dir']}")
+    lines.append(f"manifest: {manifest['run_dir']}/manifest.json")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Every stage module; importing this package registers them all (see pipeline.stage.REGISTRY)."""
+
+from pipeline.stages import (  # noqa: F401
+    depth,
+    generate_tabletop,
+    ingest_lerobot,
+    ingest_videos,
+    write_lerobot,
+)
