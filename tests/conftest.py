@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
+
+from tests.factories import make_episode
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -23,28 +24,6 @@ def ray_session():
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
-
-
-def make_episode(episode_id: str = "ep-000", num_frames: int = 6, height: int = 32, width: int = 32,
-                 cameras: tuple[str, ...] = ("front",), with_depth: bool = True, with_action: bool = True,
-                 seed: int = 0, fps: float = 10.0, task: str = "push the red cube to the left"):
-    """A small, valid episode with smooth random content (not the simulator: fast and independent of it)."""
-    from pipeline.episode import Episode
-
-    rng = np.random.default_rng(seed)
-    rgb, depth = {}, {}
-    for cam in cameras:
-        base = rng.integers(0, 255, size=(1, height, width, 3), dtype=np.uint8)
-        drift = np.arange(num_frames, dtype=np.int16)[:, None, None, None] * 3
-        rgb[cam] = ((base.astype(np.int16) + drift) % 256).astype(np.uint8)
-        if with_depth:
-            depth[cam] = rng.uniform(0.4, 2.0, size=(num_frames, height, width)).astype(np.float32)
-    state = rng.normal(size=(num_frames, 8)).astype(np.float32)
-    action = rng.normal(size=(num_frames, 5)).astype(np.float32) if with_action else None
-    return Episode(episode_id=episode_id, fps=fps, task=task, rgb=rgb, depth_m=depth, state=state, action=action,
-                   meta={"source": "test", "seed": seed, "parent": None,
-                         "state_names": [f"s{i}" for i in range(8)],
-                         "action_names": ["dx", "dy", "dz", "dyaw", "gripper"] if with_action else None})
 
 
 @pytest.fixture

@@ -1,0 +1,112 @@
+"""stages.yaml validation: every error at once, each with its YAML path; overrides; the shipped YAML loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path, text: str) -> Path:
+    path = tmp_path / "stages.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_yaml_validates(tmp_path):
+    shipped = sorted(REPO.glob("*.yaml")) + sorted((REPO / "configs").glob("*.yaml"))
+    assert shipped, "no shipped stages.yaml found"
+    for path in shipped:
+        config = load_config(path, output_dir=str(tmp_path / path.stem))
+        assert config.stages, path
+
+
+def test_reports_every_error_with_its_yaml_path(tmp_path):
+    path = _write(tmp_path, f"""
+output_dir: {tmp_path}/run
+seed: "zero"
+colour: blue
+stages:
+  - name: generate_tabletop
+    params: {{num_episodes: "many", bogus_param: 1}}
+  - name: no_such_stage
+  - name: write_lerobot
+    params: {{episodes_per_shard: 0}}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    errors = "\n".join(info.value.errors)
+    assert "seed: expected an integer" in errors
+    assert "colour: unknown key" in errors
+    assert "stages[0].params.num_episodes" in errors
+    assert "stages[0].params.bogus_param" in errors
+    assert "stages[1].name: unknown stage 'no_such_stage'" in errors
+    assert "stages[2].params.episodes_per_shard" in errors
+    assert len(info.value.errors) >= 6
+
+
+def test_missing_required_keys(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, "seed: 1\n"))
+    assert {"output_dir: missing", "stages: missing"} <= set(info.value.errors)
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    path = _write(tmp_path, "output_dir: x\nstages:\n  - name: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "malformed YAML" in info.value.errors[0] and "line" in info.value.errors[0]
+    assert str(path) in str(info.value)
+
+
+def test_first_stage_must_be_a_source(tmp_path):
+    raw = {"output_dir": str(tmp_path / "r"), "stages": [{"name": "depth"}, {"name": "write_lerobot"}]}
+    with pytest.raises(ConfigError, match=r"stages\[0\]: the first stage must be a source"):
+        parse_config(raw)
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    raw = {"output_dir": str(blocker / "run"), "stages": [{"name": "generate_tabletop"}]}
+    with pytest.raises(ConfigError, match="output_dir: .* is not a directory"):
+        parse_config(raw)
+
+
+def test_overrides_apply_and_are_checked(tmp_path):
+    raw = {"output_dir": str(tmp_path / "r"), "stages": [{"name": "generate_tabletop", "params": {}},
+                                                          {"name": "write_lerobot"}]}
+    config = parse_config(raw, ["generate_tabletop.num_episodes=3", "seed=7", "write_lerobot.episodes_per_shard=2"])
+    assert config.seed == 7
+    assert config.stage("generate_tabletop").params.num_episodes == 3
+    assert config.stage("write_lerobot").params.episodes_per_shard == 2
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, ["nostage.x=1", "generate_tabletop.num_episodes=-1", "novalue"])
+    errors = "\n".join(info.value.errors)
+    assert "stage 'nostage' appears 0 times" in errors
+    assert "stages[0].params.num_episodes" in errors
+    assert "expected KEY=VALUE" in errors
+
+
+def test_cli_validate_exit_codes(tmp_path, capsys):
+    good = _write(tmp_path, yaml.safe_dump({"output_dir": str(tmp_path / "r"),
+                                            "stages": [{"name": "generate_tabletop"}]}))
+    assert main(["validate", str(good)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: x\nstages:\n  - name: nope\n  - name: generate_tabletop\n    params: {x: 1}\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "stages[0].name: unknown stage 'nope'" in err and "stages[1].params.x" in err
+
+
+def test_cli_lists_stages(capsys):
+    assert main(["stages"]) == 0
+    out = capsys.readouterr().out
+    for name in ("generate_tabletop", "ingest_lerobot", "ingest_videos", "depth", "write_lerobot"):
+        assert name in out
