@@ -111,6 +111,8 @@ def _check_output_dir(output_dir: Any, errors: list[str]) -> Path | None:
 
 def parse_config(raw: Any, overrides: list[str] | None = None, source: str = "stages.yaml",
                  output_dir: str | None = None) -> RunConfig:
+    import pipeline.stages  # noqa: F401  (registers every stage)
+
     errors: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError([f"<root>: expected a mapping with keys {sorted(_TOP_LEVEL)}, got {type(raw).__name__}"],
@@ -176,8 +178,6 @@ def _names(kind: str) -> str:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, output_dir: str | None = None) -> RunConfig:
-    import pipeline.stages  # noqa: F401  (registers every stage)
-
     path = Path(path)
     try:
         text = path.read_text()
