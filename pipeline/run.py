@@ -127,6 +127,7 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
                 # Sources fan out 1:N (files, dataset episodes or simulator seeds -> episodes); their rows join any
                 # rows from sources before them.
                 rows = rows + spec.build(None, stage.params, ctx).take_all()
+                _check_unique_ids(rows, stage.name)
             elif any(r["status"] == OK for r in rows):
                 rows = spec.build(_rows_dataset(rows), stage.params, ctx).take_all()
             rows = sorted(rows, key=lambda r: r["episode_id"])
@@ -143,6 +144,13 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
     manifest = build_manifest(config, rows, timings, partial=only is not None)
     atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
+
+
+def _check_unique_ids(rows: list[dict[str, str]], stage: str) -> None:
+    dupes = sorted(eid for eid, n in Counter(r["episode_id"] for r in rows).items() if n > 1)
+    if dupes:
+        raise RunError(f"stage {stage}: episode ids {dupes[:5]} ({len(dupes)} in all) also come from an earlier source; "
+                       f"episode ids must be unique across sources (rename the input files or datasets)")
 
 
 def build_manifest(config: RunConfig, rows: list[dict[str, str]], timings: list[dict[str, Any]],

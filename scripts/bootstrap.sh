@@ -33,4 +33,4 @@ if [ -z "$UV" ] || [ "$("$UV" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; th
 fi
 
 # 3. The locked environment (runtime + dev dependencies), exactly as uv.lock says.
-"$UV" sync --frozen
+"$UV" sync --frozen --compile-bytecode
