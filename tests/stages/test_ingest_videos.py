@@ -1,0 +1,300 @@
+"""ingest_videos: tiny mp4s written with PyAV, decoded on Ray; sidecars, resize/stride, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from pipeline.episode import Episode
+from pipeline.stage import OK, QUARANTINED, StageContext
+from pipeline.stages.ingest_videos import IngestVideosParams, _Clip, _ingest_row, ingest_videos, list_clips, read_clip
+
+FPS = 10
+NUM_FRAMES = 8
+
+
+def moving_square(num_frames: int = NUM_FRAMES, height: int = 32, width: int = 32, shift: int = 0,
+                  fade: int = 0) -> np.ndarray:
+    """(T, H, W, 3) uint8: a yellow square moving right and down over a flat blue background (redder by ``fade``
+    levels per frame, so that frames taken at the wrong index are far off)."""
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        frames[t] = (40 + fade * t, 60, 120)
+        y, x = 4 + t + shift, 4 + 2 * t
+        frames[t, y:y + 10, x:x + 10] = (230, 200, 30)
+    return frames
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS, faststart: bool = False) -> Path:
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv444p"  # no chroma subsampling: decoded colours stay within a few levels
+        stream.options = {"crf": "0"}
+        if len(frames) == 0:
+            container.start_encoding()  # header only: a valid container whose stream has no frames
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def cut_before_frame(path: Path, frame: int) -> bytes:
+    """The bytes of ``path`` up to where frame ``frame``'s data starts: a download that stopped part way."""
+    import av
+
+    with av.open(str(path)) as container:
+        positions = [packet.pos for packet in container.demux(video=0) if packet.size]
+    return path.read_bytes()[: positions[frame]]
+
+
+def ctx_for(tmp_path: Path, resume: bool = False) -> StageContext:
+    return StageContext(run_dir=tmp_path, stage_dir=tmp_path / "stages" / "00_ingest_videos", seed=0, resume=resume,
+                        index=0)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """A folder with good clips (with and without sidecars) and one clip for each kind of bad input."""
+    root = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    frames = moving_square()
+    expected = {"frames": frames, "actions": rng.normal(size=(NUM_FRAMES, 3)).astype(np.float32)}
+
+    write_mp4(root / "push.mp4", frames)  # npy actions + json sidecar
+    np.save(root / "push.actions.npy", expected["actions"])
+    (root / "push.json").write_text(json.dumps({"task": "push the cube", "fps": FPS,
+                                                 "action_names": ["dx", "dy", "dz"]}))
+
+    write_mp4(root / "plain.mp4", moving_square(shift=2))  # no sidecar: action-less
+    write_mp4(root / "My Clip (1).mp4", frames)  # no sidecar; odd name
+
+    write_mp4(root / "tabular.mp4", frames)  # csv actions with a header
+    lines = ["a,b"] + [f"{t * 0.5},{-t}" for t in range(NUM_FRAMES)]
+    (root / "tabular.actions.csv").write_text("\n".join(lines) + "\n")
+
+    write_mp4(root / "nan_actions.mp4", frames)
+    bad = expected["actions"].copy()
+    bad[3, 1] = np.nan
+    np.save(root / "nan_actions.actions.npy", bad)
+
+    write_mp4(root / "short_actions.mp4", frames)
+    np.save(root / "short_actions.actions.npy", expected["actions"][:5])
+
+    write_mp4(root / "wrong_fps.mp4", frames)
+    (root / "wrong_fps.json").write_text(json.dumps({"fps": 30}))
+
+    data = write_mp4(root / "whole.mp4", moving_square(num_frames=30)).read_bytes()
+    (root / "whole.mp4").unlink()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])  # index (moov) at the end: cannot open
+    whole = write_mp4(root / "whole.mp4", moving_square(num_frames=30), faststart=True)  # index first
+    (root / "truncated_tail.mp4").write_bytes(cut_before_frame(whole, 20))  # opens; the last 10 frames are gone
+    whole.unlink()
+    (root / "random.mp4").write_bytes(rng.bytes(4096))
+    write_mp4(root / "no_frames.mp4", frames[:0])
+    (root / "notes.txt").write_text("not a video")
+    return root, expected
+
+
+def run_stage(ray_session, params: IngestVideosParams, tmp_path: Path) -> dict[str, dict]:
+    rows = ingest_videos(None, params, ctx_for(tmp_path)).take_all()
+    by_id = {r["episode_id"]: r for r in rows}
+    assert len(by_id) == len(rows), "episode ids must be unique"
+    return by_id
+
+
+def test_folder_fates_frames_actions_and_errors(ray_session, clips, tmp_path):
+    root, expected = clips
+    rows = run_stage(ray_session, IngestVideosParams(path=str(root), task="default task"), tmp_path)
+
+    assert {i: r["status"] for i, r in rows.items()} == {
+        "video-push": OK, "video-plain": OK, "video-My-Clip-1": OK, "video-tabular": OK,
+        "video-nan_actions": QUARANTINED, "video-short_actions": QUARANTINED, "video-wrong_fps": QUARANTINED,
+        "video-truncated": QUARANTINED, "video-truncated_tail": QUARANTINED, "video-random": QUARANTINED,
+        "video-no_frames": QUARANTINED,
+    }
+    for r in rows.values():
+        assert r["stage"] == r["source"] == "ingest_videos"
+
+    push = Episode.load(rows["video-push"]["path"])
+    assert push.num_frames == NUM_FRAMES and push.fps == FPS and push.task == "push the cube"
+    assert push.cameras == ["front"]
+    assert np.abs(push.rgb["front"].astype(int) - expected["frames"]).mean() < 3.0
+    np.testing.assert_array_equal(push.action, expected["actions"])
+    assert push.meta["action_names"] == ["dx", "dy", "dz"]
+    assert push.meta["source"] == "ingest_videos" and push.meta["parent"] is None
+    assert push.meta["source_uri"].endswith("push.mp4")
+
+    plain = Episode.load(rows["video-plain"]["path"])
+    assert plain.action is None and plain.task == "default task" and plain.num_frames == NUM_FRAMES
+    assert np.abs(plain.rgb["front"].astype(int) - moving_square(shift=2)).mean() < 3.0
+    # the content really is compared: the other clip's frames are far off
+    assert np.abs(plain.rgb["front"].astype(int) - expected["frames"]).mean() > 5.0
+
+    tabular = Episode.load(rows["video-tabular"]["path"])
+    np.testing.assert_array_equal(tabular.action, [[t * 0.5, -t] for t in range(NUM_FRAMES)])
+    assert tabular.meta["action_names"] == ["a", "b"]
+
+    def reason(episode_id: str) -> str:
+        return rows[episode_id]["reason"]
+
+    assert "nan_actions.mp4" in reason("video-nan_actions") and "'action'" in reason("video-nan_actions")
+    assert "NaN" in reason("video-nan_actions")
+    assert "5 rows" in reason("video-short_actions") and f"{NUM_FRAMES} frames" in reason("video-short_actions")
+    assert "'fps'" in reason("video-wrong_fps") and "30" in reason("video-wrong_fps")
+    for bad in ("truncated", "truncated_tail", "random", "no_frames"):
+        assert f"{bad}.mp4" in reason(f"video-{bad}") and "'video'" in reason(f"video-{bad}")
+    assert "zero-length" in reason("video-no_frames")
+    assert "truncated" in reason("video-truncated_tail") and "30 frames but only 20" in reason("video-truncated_tail")
+    assert not any(r["path"] for r in rows.values() if r["status"] == QUARANTINED)
+
+
+def test_glob_resize_stride_and_max_frames(ray_session, tmp_path):
+    src = tmp_path / "src"
+    (src / "nested").mkdir(parents=True)
+    frames = moving_square(num_frames=10, height=48, width=64, fade=15)
+    write_mp4(src / "nested" / "strided.mp4", frames)
+    actions = np.arange(10, dtype=np.float32).reshape(5, 2)  # one row per kept frame (stride 2 -> 5 frames)
+    np.save(src / "nested" / "strided.actions.npy", actions)
+    write_mp4(src / "nested" / "every_frame.mp4", frames)
+    np.save(src / "nested" / "every_frame.actions.npy", np.zeros((10, 2), np.float32))  # per video frame: wrong
+
+    params = IngestVideosParams(path=str(src / "**" / "*.mp4"), height=24, width=32, frame_stride=2, max_frames=4,
+                                camera="wrist")
+    rows = run_stage(ray_session, params, tmp_path / "run")
+    assert rows["video-strided"]["status"] == OK, rows["video-strided"]["reason"]
+    ep = Episode.load(rows["video-strided"]["path"])
+    assert ep.rgb["wrist"].shape == (4, 24, 32, 3)
+    assert ep.fps == pytest.approx(FPS / 2)
+    np.testing.assert_array_equal(ep.action, actions[:4])
+    shrunk = np.stack([np.asarray(Image.fromarray(f).resize((32, 24))) for f in frames[::2][:4]])
+    per_frame = np.abs(ep.rgb["wrist"].astype(int) - shrunk).mean(axis=(1, 2, 3))
+    assert (per_frame < 4.0).all(), per_frame
+    assert ep.meta["video"]["frame_stride"] == 2 and ep.meta["video"]["num_frames"] == 10
+
+    reason = rows["video-every_frame"]["reason"]
+    assert rows["video-every_frame"]["status"] == QUARANTINED
+    assert "one row per video frame" in reason and "frame_stride=2" in reason
+
+
+def test_config_errors_raise_before_any_task(tmp_path):
+    with pytest.raises(ValidationError, match="does not exist"):
+        IngestVideosParams(path=str(tmp_path / "missing"))
+    with pytest.raises(ValidationError, match="does not exist"):
+        IngestVideosParams(path=str(tmp_path / "missing" / "*.mp4"))
+    with pytest.raises(ValidationError, match="both height and width"):
+        IngestVideosParams(path=str(tmp_path), height=32)
+    with pytest.raises(ValidationError, match="frame_stride"):
+        IngestVideosParams(path=str(tmp_path), frame_stride=0)
+    IngestVideosParams(path="s3://bucket/clips/*.mp4")  # remote paths are checked when the stage is built
+
+    (tmp_path / "readme.txt").write_text("no videos here")
+    with pytest.raises(FileNotFoundError, match="no video files"):
+        ingest_videos(None, IngestVideosParams(path=str(tmp_path)), ctx_for(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no video files"):
+        ingest_videos(None, IngestVideosParams(path=str(tmp_path / "*.mkv")), ctx_for(tmp_path))
+
+
+def test_ids_are_sanitised_and_unique(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "take 1.mp4").write_bytes(b"")
+    (tmp_path / "a" / "TAKE.MOV").write_bytes(b"")
+    ids = [c.episode_id for c in list_clips(IngestVideosParams(path=str(tmp_path)))]
+    assert ids == ["video-TAKE", "video-take-1", "video-take-1-2"]
+    non_recursive = list_clips(IngestVideosParams(path=str(tmp_path / "a"), recursive=False, extensions=[".mov"]))
+    assert [c.name for c in non_recursive] == ["TAKE.MOV"]
+
+
+def test_fsspec_url_and_sidecars(tmp_path):
+    """A non-local filesystem (fsspec memory://, in this process): listing, decoding from bytes, sidecars."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    frames = moving_square()
+    data = write_mp4(tmp_path / "clip.mp4", frames).read_bytes()
+    fs.pipe("/bucket/clips/clip.mp4", data)
+    fs.pipe("/bucket/clips/clip.actions.csv", b"1,2\n3,4\n5,6\n7,8\n1,2\n3,4\n5,6\n7,8\n")
+    fs.pipe("/bucket/clips/clip.json", json.dumps({"task": "wave"}).encode())
+    try:
+        params = IngestVideosParams(path="memory://bucket/clips")
+        [clip] = list_clips(params)
+        assert clip.uri == "memory:///bucket/clips/clip.mp4" and clip.episode_id == "video-clip"
+        ep = read_clip(clip, params)
+        ep.validate()
+        assert ep.task == "wave" and ep.action.shape == (NUM_FRAMES, 2) and ep.meta["action_names"] is None
+        assert np.abs(ep.rgb["front"].astype(int) - frames).mean() < 3.0
+    finally:
+        fs.rm("/bucket", recursive=True)
+
+
+def test_bad_sidecars_are_quarantined_not_raised(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    frames = moving_square()
+    params = IngestVideosParams(path=str(src))
+    cases = {
+        "pickled": lambda stem: np.save(src / f"{stem}.actions.npy", np.array([{"a": 1}] * NUM_FRAMES, dtype=object),
+                                        allow_pickle=True),
+        "inf_csv": lambda stem: (src / f"{stem}.actions.csv").write_text("1\n" * 7 + "inf\n"),
+        "text_csv": lambda stem: (src / f"{stem}.actions.csv").write_text("1,2\n" * 7 + "1,x\n"),
+        "both": lambda stem: (np.save(src / f"{stem}.actions.npy", np.zeros((NUM_FRAMES, 1))),
+                              (src / f"{stem}.actions.csv").write_text("0\n" * NUM_FRAMES)),
+        "bad_json": lambda stem: (src / f"{stem}.json").write_text("{not json"),
+    }
+    expected = {"pickled": "pickle", "inf_csv": "NaN/inf", "text_csv": "non-numeric", "both": "keep one",
+                "bad_json": "not valid JSON"}
+    for stem, make in cases.items():
+        write_mp4(src / f"{stem}.mp4", frames)
+        make(stem)
+    for clip in list_clips(params):
+        out = _ingest_row({"episode_id": clip.episode_id, "uri": clip.uri, "name": clip.name}, params,
+                          ctx_for(tmp_path))
+        stem = clip.name.removesuffix(".mp4")
+        assert out["status"] == QUARANTINED, (stem, out)
+        assert expected[stem] in out["reason"] and clip.name in out["reason"], (stem, out["reason"])
+
+
+def test_resume_skips_finished_clips(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_mp4(src / "done.mp4", moving_square())
+    params = IngestVideosParams(path=str(src))
+    [clip] = list_clips(params)
+    item = {"episode_id": clip.episode_id, "uri": clip.uri, "name": clip.name}
+    first = _ingest_row(item, params, ctx_for(tmp_path))
+    assert first["status"] == OK
+    (src / "done.mp4").write_bytes(b"now broken")  # would be quarantined if it were decoded again
+    again = _ingest_row(item, params, ctx_for(tmp_path, resume=True))
+    assert again == first
+    assert _ingest_row(item, params, ctx_for(tmp_path))["status"] == QUARANTINED
+
+
+def test_read_clip_reports_the_file(tmp_path):
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    clip = _Clip(episode_id="video-zero", uri=str(tmp_path / "zero.mp4"), name="zero.mp4")
+    with pytest.raises(Exception, match="zero.mp4.*empty file"):
+        read_clip(clip, IngestVideosParams(path=str(tmp_path)))
+
+
+def test_chunked_decode_and_resize_match_whole_clip(tmp_path, monkeypatch):
+    import pipeline.stages.ingest_videos as module
+
+    frames = moving_square(num_frames=NUM_FRAMES, fade=15)
+    write_mp4(tmp_path / "clip.mp4", frames)
+    params = IngestVideosParams(path=str(tmp_path), height=16, width=16)
+    [clip] = list_clips(params)
+    whole = read_clip(clip, params)
+    monkeypatch.setattr(module, "DECODE_CHUNK_FRAMES", 3)  # 3 + 3 + 2 frames
+    chunked = read_clip(clip, params)
+    np.testing.assert_array_equal(chunked.rgb["front"], whole.rgb["front"])
+    assert chunked.rgb["front"].shape == (NUM_FRAMES, 16, 16, 3)
+    shrunk = np.stack([np.asarray(Image.fromarray(f).resize((16, 16))) for f in frames])
+    assert np.abs(chunked.rgb["front"].astype(int) - shrunk).mean(axis=(1, 2, 3)).max() < 4.0
