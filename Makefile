@@ -14,6 +14,7 @@ setup: $(STAMP)
 # Generate tabletop episodes in the embedded simulator and write LeRobot RGB-D shards (runs/demo).
 demo: $(STAMP)
 	$(VENV)/bin/wmsynth run stages.yaml
+	$(VENV)/bin/wmsynth verify runs/demo
 
 # The test suite (CI runs this through .ci/run).
 test: $(STAMP)

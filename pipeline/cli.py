@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import typing
+from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--only", metavar="STAGE", help="re-run one stage from the persisted output before it")
             cmd.add_argument("--resume", action="store_true", help="continue a killed run: skip finished work")
     sub.add_parser("stages", help="list the registered stages and their params")
+    verify = sub.add_parser("verify", help="load a run's shards with lerobot and compare them with their episodes")
+    verify.add_argument("run_dir")
+    verify.add_argument("--frames-per-episode", type=int, default=6)
     return parser
 
 
@@ -62,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stages":
         _print_stages()
         return 0
+
+    if args.command == "verify":
+        from pipeline.verify import verify_run
+
+        report = verify_run(args.run_dir, frames_per_episode=args.frames_per_episode)
+        print(json.dumps(report, indent=2))
+        print(f"verify: {'OK' if report['ok'] else 'FAILED'}: {report['episodes']} episodes in {report['shards']} "
+              f"LeRobot shards under {Path(args.run_dir) / 'shards'} (report: {Path(args.run_dir) / 'verify.json'})")
+        return 0 if report["ok"] else 1
 
     from pipeline.config import ConfigError, load_config
 
