@@ -8,7 +8,10 @@ import numpy as np
 def make_episode(episode_id: str = "ep-000", num_frames: int = 6, height: int = 32, width: int = 32,
                  cameras: tuple[str, ...] = ("front",), with_depth: bool = True, with_action: bool = True,
                  seed: int = 0, fps: float = 10.0, task: str = "push the red cube to the left"):
-    """A small, valid episode with smooth random content (not the simulator: fast and independent of it)."""
+    """A small, valid episode of per-pixel noise drifting over time (not the simulator: fast, independent of it).
+
+    Noise does not survive lossy video codecs; tests that compare decoded RGB use smooth frames of their own.
+    """
     from pipeline.episode import Episode
 
     rng = np.random.default_rng(seed)
