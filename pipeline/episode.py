@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,11 @@ import numpy as np
 _META_KEY = "__meta__"
 _HEADER_KEY = "__header__"
 FORMAT_VERSION = 1
+
+
+def safe_id(text: str, fallback: str) -> str:
+    """A file-name-safe episode id fragment from free text (a file stem, a dataset name)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or fallback
 
 
 class EpisodeError(ValueError):

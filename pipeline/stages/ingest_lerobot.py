@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.episode import Episode, EpisodeError
+from pipeline.episode import Episode, EpisodeError, safe_id
 from pipeline.stage import QUARANTINED, Resources, StageContext, StageParams, error_reason, register_stage, row
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def _plan(params: IngestLeRobotParams):
     local = root is not None and root.is_dir()
     if root is not None and not local and params.repo_id is None:
         raise FileNotFoundError(f"{STAGE}: root {root} does not exist (set repo_id to download the dataset there)")
-    name = _safe_name(params.repo_id.split("/")[-1] if params.repo_id else root.name)
+    name = safe_id(params.repo_id.split("/")[-1] if params.repo_id else root.name, "lerobot")
     repo_id = params.repo_id or f"local/{name}"
     location = str(root) if local else f"hf://datasets/{repo_id}"
     if local and not (root / "meta" / "info.json").is_file():
@@ -263,11 +263,6 @@ def _image_shape(feature: dict) -> tuple[int, int, int]:
     if len(shape) == 2:
         return shape[0], shape[1], 1
     return shape  # type: ignore[return-value]
-
-
-def _safe_name(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return name or "lerobot"
 
 
 # -- task side: one episode --------------------------------------------------------------------------------------------

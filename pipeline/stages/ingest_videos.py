@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.episode import Episode, EpisodeError
+from pipeline.episode import Episode, EpisodeError, safe_id
 from pipeline.stage import QUARANTINED, Resources, StageContext, StageParams, error_reason, register_stage, row
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def list_clips(params: IngestVideosParams) -> list[_Clip]:
     local = isinstance(fs, LocalFileSystem)
     clips, used = [], set()
     for p in paths:
-        base = "video-" + _safe_name(PurePosixPath(p).stem)
+        base = "video-" + safe_id(PurePosixPath(p).stem, "clip")
         episode_id, n = base, 1
         while episode_id in used:
             n += 1
@@ -160,10 +160,6 @@ def list_clips(params: IngestVideosParams) -> list[_Clip]:
         clips.append(_Clip(episode_id=episode_id, uri=p if local else fs.unstrip_protocol(p),
                            name=PurePosixPath(p).name))
     return clips
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "clip"
 
 
 def _static_prefix(path: str) -> str:
