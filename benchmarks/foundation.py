@@ -97,7 +97,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         result.update(bench_sim(num_episodes=2 if args.quick else 6))
         logger.info("sim: %s", result)
-        result.update(bench_scaling(tmp, num_episodes=4 if args.quick else 8, repeats=1 if args.quick else 2))
+        result.update(bench_scaling(tmp, num_episodes=4 if args.quick else 12, repeats=1 if args.quick else 2))
         logger.info("scaling: %s", result)
         result.update(bench_write(tmp, num_episodes=4 if args.quick else 8))
     result["targets"] = {"sim_fps_per_core": 25, "write_vs_lerobot_ratio": 0.85, "generate_scaling_2v1": 1.7}
