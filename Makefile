@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/foundation.py
+	$(PY) benchmarks/spatial_qa.py
 
 clean-runs:
 	rm -rf runs

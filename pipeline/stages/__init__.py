@@ -5,5 +5,6 @@ from pipeline.stages import (  # noqa: F401
     generate_tabletop,
     ingest_lerobot,
     ingest_videos,
+    synthesize_qa,
     write_lerobot,
 )

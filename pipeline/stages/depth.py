@@ -1,23 +1,100 @@
 """depth: give every camera a metric depth stream (1:1 per episode).
 
 Backends:
-    sensor   pass through the episode's own depth (simulator z-buffer, RGB-D camera); an episode with a camera lacking
-             depth is quarantined with a message saying which camera and what to configure instead.
+    sensor          pass through the episode's own depth (simulator z-buffer, RGB-D camera); an episode with a camera
+                    lacking depth is quarantined with a message saying which camera and what to configure instead.
+    depth_anything  estimate depth from RGB with a transformers depth model (``AutoModelForDepthEstimation`` + its
+                    ``AutoImageProcessor``; a hub id or a local directory; relative or metric checkpoints). Relative
+                    predictions are aligned to metres per frame by least squares against sparse metric cues (sensor
+                    pixels, the known table plane), with the residual reported (see ``depth.estimator``).
+
+    - name: depth
+      params:
+        backend: depth_anything
+        model: depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf   # or a local directory
+        estimate_for: missing          # missing: only cameras without depth; all: every camera (sensor depth = GT)
+        batch_size: 8                  # frames per forward pass
+        resources: {num_cpus: 1, num_gpus: 0.5, concurrency: 2}
+
+``depth_anything`` runs in a Ray actor pool (``ActorPoolStrategy(size=resources.concurrency or 1)``), each actor
+reserving ``resources.num_cpus`` (fractional by default, so a 2-core machine keeps a core for reading tasks) and
+``resources.num_gpus``: the model loads once per actor and is reused for every episode it is given. ``device: auto``
+picks CUDA when the actor sees a GPU. When ground truth exists (``estimate_for: all`` on episodes with sensor depth),
+AbsRel, RMSE and delta1 per episode and overall are written to ``<stage_dir>/depth_metrics.json``.
 
 The depth maps stay float32 metres (``depth_m``); 0 or NaN marks pixels without a measurement.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
 
-from pipeline.episode import Episode, EpisodeError
-from pipeline.stage import OK, Resources, StageContext, StageParams, register_stage, run_episode_fn
+import numpy as np
+from pydantic import Field, model_validator
+
+from pipeline.episode import _META_KEY, Episode, EpisodeError
+from pipeline.stage import (
+    OK, EpisodeActor, Resources, StageContext, StageParams, register_stage, run_episode_fn,
+)
+
+logger = logging.getLogger(__name__)
+
+STAGE = "depth"
+METRICS_FILE = "depth_metrics.json"
 
 
 class DepthParams(StageParams):
-    backend: Literal["sensor"] = "sensor"
+    backend: Literal["sensor", "depth_anything"] = "sensor"
+    model: str | None = Field(None, description="depth_anything: hub id or local directory of the checkpoint")
+    kind: Literal["auto", "relative", "metric"] = Field("auto", description="auto: the checkpoint's "
+                                                                              "depth_estimation_type")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor sees a GPU")
+    batch_size: int = Field(8, ge=1, description="frames per forward pass")
+    input_size: int | None = Field(None, ge=8, description="model input side in pixels; None: the processor's")
+    estimate_for: Literal["missing", "all"] = Field(
+        "missing", description="missing: cameras without depth; all: every camera, sensor depth kept as ground truth "
+                               "for the metrics")
+    alignment: Literal["auto", "none", "scale_shift"] = Field(
+        "auto", description="auto: relative -> least-squares scale/shift in disparity, metric -> none")
+    cues: list[Literal["sensor", "table_plane"]] = Field(default_factory=lambda: ["sensor", "table_plane"],
+                                                         description="metric cues pooled for alignment")
+    num_cue_pixels: int = Field(200, ge=2, description="sensor cue pixels per frame")
+    support_segment_id: int | None = Field(None, description="segmentation id of the support (default: the "
+                                                             "simulator's table)")
+    support_plane_z_m: float = Field(0.0, description="world height of the support plane")
+    local_files_only: bool = Field(False, description="load the model from disk or the HF cache only")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor; default: num_cpus, at least 1")
     resources: Resources = Resources(num_cpus=0.5)
+
+    @model_validator(mode="after")
+    def _check(self) -> DepthParams:
+        if self.backend == "depth_anything" and not self.model:
+            raise ValueError("backend depth_anything needs model: a hub id (e.g. "
+                             "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf) or a local directory")
+        if self.device == "cuda" and self.resources.num_gpus <= 0:
+            raise ValueError("device cuda needs resources.num_gpus > 0 (Ray hides GPUs from actors that reserve "
+                             "none); or use device auto")
+        if self.kind == "relative" and self.alignment == "none":
+            raise ValueError("alignment none with kind relative would give unitless depth; use auto or scale_shift")
+        return self
+
+    def estimator_config(self):
+        from depth.estimator import EstimatorConfig
+
+        threads = self.torch_threads or max(1, int(round(self.resources.num_cpus)))
+        return EstimatorConfig(model=str(self.model), device=self.device, batch_size=self.batch_size,
+                               input_size=self.input_size, kind=self.kind, torch_threads=threads,
+                               local_files_only=self.local_files_only)
+
+    def alignment_config(self, seed: int):
+        from depth.estimator import AlignmentConfig
+
+        return AlignmentConfig(alignment=self.alignment, cues=tuple(self.cues), num_cue_pixels=self.num_cue_pixels,
+                               support_segment_id=self.support_segment_id, support_plane_z_m=self.support_plane_z_m,
+                               estimate_for=self.estimate_for, seed=seed)
 
 
 def sensor_depth(episode: Episode) -> Episode:
@@ -29,9 +106,76 @@ def sensor_depth(episode: Episode) -> Episode:
     return episode
 
 
-@register_stage("depth", kind="transform", params=DepthParams)
+class DepthAnythingActor(EpisodeActor):
+    """One model per actor (loaded in ``setup``); ``process`` estimates and aligns one episode's depth."""
+
+    stage_name = STAGE
+
+    def setup(self, params: DepthParams) -> None:
+        from depth.estimator import DepthAnythingEstimator
+
+        self.estimator = DepthAnythingEstimator(params.estimator_config())
+        self.alignment = params.alignment_config(self.ctx.seed)
+
+    def process(self, episode: Episode) -> Episode:
+        from depth.estimator import estimate_episode_depth
+
+        estimated, _ = estimate_episode_depth(episode, self.estimator, self.alignment)
+        return estimated  # the input episode itself when every camera already had depth: no copy
+
+
+def read_episode_meta(path: str | Path) -> dict[str, Any]:
+    """An episode file's meta without loading its frames."""
+    with np.load(path, allow_pickle=False) as npz:
+        return json.loads(str(npz[_META_KEY]))
+
+
+def write_metrics(rows: list[dict], ctx: StageContext, model: str) -> dict[str, Any]:
+    """Per-episode and overall (pixel-weighted) depth metrics of the estimated cameras -> depth_metrics.json."""
+    from depth.metrics import DepthErrorSums
+
+    per_episode: dict[str, Any] = {}
+    total = DepthErrorSums()
+    for r in rows:
+        if r["status"] != OK:
+            continue
+        info = read_episode_meta(r["path"]).get("depth") or {}
+        cams = {cam: c for cam, c in (info.get("cameras") or {}).items() if c.get("metric_sums")}
+        if not cams:
+            continue
+        sums = DepthErrorSums()
+        for c in cams.values():
+            sums = sums + DepthErrorSums.from_json(c["metric_sums"])
+        total = total + sums
+        per_episode[r["episode_id"]] = {"overall": sums.to_json(),
+                                        "cameras": {cam: {"metrics": c["metrics"],
+                                                          "residual_rmse_m": c["residual_rmse_m"],
+                                                          "residual_absrel": c["residual_absrel"]}
+                                                    for cam, c in cams.items()}}
+    report = {"backend": "depth_anything", "model": model,
+              "ground_truth": "sensor depth of the episodes (estimate_for: all)",
+              "overall": total.to_json() if per_episode else None, "episodes": per_episode}
+    from pipeline.run import atomic_write_text
+
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ctx.stage_dir / METRICS_FILE, json.dumps(report, indent=2))
+    return report
+
+
+@register_stage(STAGE, kind="transform", params=DepthParams)
 def depth(ds, params: DepthParams, ctx: StageContext):
-    """Metric depth per camera: sensor pass-through (no copy when present)."""
-    fn = {"sensor": sensor_depth}[params.backend]
-    return ds.map(lambda r: run_episode_fn(fn, r, "depth", ctx) if r["status"] == OK else r,
-                  num_cpus=params.resources.num_cpus)
+    """Metric depth per camera: sensor pass-through (no copy when present) or Depth Anything in an actor pool."""
+    import ray
+
+    if params.backend == "sensor":
+        return ds.map(lambda r: run_episode_fn(sensor_depth, r, STAGE, ctx) if r["status"] == OK else r,
+                      num_cpus=params.resources.num_cpus)
+    # 1:1 per episode in an actor pool: the model loads once per actor; fractional CPUs leave room for the readers.
+    out = ds.map_batches(DepthAnythingActor, fn_constructor_kwargs={"params": params, "ctx": ctx}, batch_size=1,
+                         compute=ray.data.ActorPoolStrategy(size=params.resources.concurrency or 1),
+                         num_cpus=params.resources.num_cpus, num_gpus=params.resources.num_gpus or None)
+    rows = [dict(r) for r in out.take_all()]
+    report = write_metrics(rows, ctx, str(params.model))
+    if report["overall"] is not None:
+        logger.info("depth: %s against sensor depth: %s", params.model, report["overall"])
+    return ray.data.from_items(rows) if rows else out
