@@ -201,3 +201,29 @@ def test_cli_killed_run_resumes_without_loss(tmp_path):
     assert manifest["counts"] == {"written": 6, "total": 6}
     assert sorted(e["episode_id"] for e in manifest["episodes"]) == [f"tabletop-{i:06d}" for i in range(6)]
     assert not [p for p in (run_dir / "shards").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_verify_reads_shards_back_with_lerobot(finished_run, tmp_path):
+    import shutil
+
+    from pipeline.cli import main
+    from pipeline.episode import Episode
+    from pipeline.verify import verify_run
+
+    report = verify_run(finished_run[0], frames_per_episode=3)
+    assert report["ok"] and report["episodes"] == 4 and report["shards"] == 2
+    assert report["depth_median_rel_err"] < 0.01
+    assert report["state_max_abs_err"] < 1e-6 and report["action_max_abs_err"] < 1e-6
+
+    # The same shards against episodes whose depth drifted by 5%: verify must notice.
+    run_dir = tmp_path / "tiny"
+    shutil.copytree(finished_run[0], run_dir)
+    for shard in (run_dir / "shards").iterdir():
+        prov = shard / "meta" / "wmsynth_provenance.json"
+        prov.write_text(prov.read_text().replace(str(finished_run[0]), str(run_dir)))
+    for path in (run_dir / "stages" / "00_generate_tabletop" / "episodes").glob("*.npz"):
+        episode = Episode.load(path)
+        episode.depth_m = {cam: d * np.float32(1.05) for cam, d in episode.depth_m.items()}
+        episode.save(path)
+    assert main(["verify", str(run_dir), "--frames-per-episode", "2"]) == 1
+    assert verify_run(run_dir, frames_per_episode=2)["depth_median_rel_err"] > 0.04
