@@ -2,9 +2,11 @@
 
 from pipeline.stages import (  # noqa: F401
     depth,
+    evaluate_world_model,
     generate_tabletop,
     ingest_lerobot,
     ingest_videos,
     synthesize_qa,
+    train_world_model,
     write_lerobot,
 )

@@ -1,0 +1,239 @@
+"""train_world_model: learn latent actions and an action-conditioned world model on the run's episodes (N:1, rows 1:1).
+
+Fan-in: every ok episode of the upstream Ray Dataset goes into one training job on Ray Train (``TorchTrainer``,
+``num_workers`` workers of ``cpus_per_worker`` CPUs, ``use_gpu``); each worker reads its shard of rows with
+``ray.train.get_dataset_shard("train")`` and loads those episodes' frames from disk (rows carry paths, never frames).
+The rows themselves pass through unchanged, so later stages (evaluation, shard writers) still see every episode.
+
+Before training, the driver decides, deterministically from the run seed and the episode ids:
+    held-out   ``holdout_fraction`` of the episodes, never trained on (``evaluate_world_model`` measures on them)
+    labelled   ``labelled_fraction`` of the training episodes that have actions (optionally only from
+               ``labelled_sources``); every other training episode is used as video only
+and writes them to ``<stage_dir>/split.json``. The model gets one action head / action encoder per embodiment found in
+the episodes' metadata (``meta["robot_type"]``), with that robot's action dim, and action statistics from the
+labelled episodes only.
+
+Outputs under ``<stage_dir>``: ``checkpoints/step-XXXXXXXX/`` (safetensors + JSON config, every ``checkpoint_every``
+steps and at the end; the newest ``keep_checkpoints`` are kept), ``losses.jsonl`` (loss curves), ``split.json``,
+``train.json`` (summary). With ``--resume`` a killed training continues from its newest checkpoint (same step count,
+optimizer state and sampler state).
+
+    - name: train_world_model
+      params: {cameras: [oblique, top, wrist], steps: 3000, labelled_fraction: 0.1, bottleneck: continuous}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from pipeline.stage import OK, StageContext, StageParams, register_stage
+
+logger = logging.getLogger(__name__)
+
+STAGE = "train_world_model"
+CameraName = Literal["front", "side", "top", "oblique", "wrist"]
+
+
+class TrainWorldModelParams(StageParams):
+    # what a state is
+    cameras: list[CameraName] = Field(default_factory=lambda: ["oblique", "top", "wrist"],
+                                      description="cameras stacked into one state (every episode must have them)")
+    image_size: int = Field(64, ge=16, le=256, description="frames are resized to this square side")
+    depth: bool = Field(False, description="add each camera's depth map as a channel")
+    # the model
+    backend: Literal["deterministic", "diffusion"] = "deterministic"
+    bottleneck: Literal["continuous", "fsq", "vq"] = "continuous"
+    latent_dim: int = Field(16, ge=1, le=512)
+    kl_weight: float = Field(0.0, ge=0)
+    noise_std: float = Field(0.0, ge=0)
+    fsq_levels: list[int] = Field(default_factory=lambda: [8, 8, 8, 6, 5])
+    vq_codebook_size: int = Field(512, ge=2)
+    diffusion_steps: int = Field(4, ge=1, le=1000, description="sampling steps of the diffusion backend")
+    # the objective
+    alignment: bool = Field(True, description="false: the ablation, latents never see actions")
+    recon_weight: float = Field(1.0, ge=0)
+    action_recon_weight: float = Field(1.0, ge=0)
+    align_weight: float = Field(0.1, ge=0)
+    head_weight: float = Field(0.1, ge=0)
+    motion_weight: float = Field(10.0, ge=0)
+    # the data
+    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="episodes kept out of training for evaluation")
+    labelled_fraction: float = Field(1.0, ge=0, le=1, description="share of training episodes with actions used")
+    labelled_sources: list[str] | None = Field(None, description="only these sources may be labelled (None: any)")
+    source_weights: dict[str, float] | None = Field(None, description="batch mix by source (None: by pair count)")
+    labelled_batch_fraction: float | None = Field(0.25, gt=0, lt=1)
+    # the optimisation
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    # Ray Train
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    num_threads: int = Field(0, ge=0, description="torch threads per worker (0: cpus_per_worker, at least 1)")
+
+    @model_validator(mode="after")
+    def _check_model(self) -> TrainWorldModelParams:
+        self.model_config_obj()  # the dataclasses' own checks, with the field named in the message
+        self.train_config()
+        return self
+
+    def model_config_obj(self, embodiments: dict[str, int] | None = None):
+        from latent_actions.model import LatentActionConfig
+        from world_model.diffusion import DiffusionConfig
+        from world_model.model import WorldModelConfig
+
+        latent = LatentActionConfig(latent_dim=self.latent_dim, bottleneck=self.bottleneck, kl_weight=self.kl_weight,
+                                    noise_std=self.noise_std, fsq_levels=tuple(self.fsq_levels),
+                                    vq_codebook_size=self.vq_codebook_size,
+                                    embodiments=embodiments or {"franka_panda": 5},
+                                    in_channels=3, image_size=self.image_size)
+        return WorldModelConfig(cameras=tuple(self.cameras), depth=self.depth, image_size=self.image_size,
+                                backend=self.backend, latent=latent,
+                                diffusion=DiffusionConfig(num_inference_steps=self.diffusion_steps,
+                                                          image_size=self.image_size),
+                                alignment=self.alignment, recon_weight=self.recon_weight,
+                                action_recon_weight=self.action_recon_weight, align_weight=self.align_weight,
+                                head_weight=self.head_weight, motion_weight=self.motion_weight)
+
+    def train_config(self, seed: int = 0):
+        from world_model.train import TrainConfig
+
+        threads = self.num_threads or max(1, int(self.cpus_per_worker))
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                           labelled_batch_fraction=self.labelled_batch_fraction, source_weights=self.source_weights,
+                           checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
+                           log_every=self.log_every, seed=seed, num_threads=threads)
+
+
+def plan_split(rows: list[dict[str, Any]], params: TrainWorldModelParams, seed: int) -> dict[str, Any]:
+    """Held-out, training and labelled episode ids, each robot's action dim and the labelled action statistics."""
+    from world_model.data import choose_labelled, episode_info, load_actions, split_holdout
+
+    infos, skipped = {}, {}
+    for r in rows:
+        info = episode_info(r["path"])
+        missing = info.missing(params.cameras, params.depth)
+        if missing or info.num_frames < 2:
+            skipped[r["episode_id"]] = f"missing {', '.join(missing)}" if missing else "fewer than 2 frames"
+        else:
+            infos[r["episode_id"]] = info
+    if skipped:
+        logger.warning("%s: %d episode(s) cannot be used and are left out of training and evaluation, e.g. %s: %s",
+                       STAGE, len(skipped), *next(iter(skipped.items())))
+    if not infos:
+        example = next(iter(skipped.items()))
+        raise ValueError(f"{STAGE}: no episode has what params.cameras={params.cameras} (depth={params.depth}) "
+                         f"need (e.g. {example[0]}: {example[1]}); set cameras to ones the episodes have, or generate "
+                         f"them (generate_tabletop params.cameras)")
+    train_ids, heldout_ids = split_holdout(list(infos), params.holdout_fraction, seed)
+    labelled = choose_labelled(train_ids, [infos[e].action_dim is not None for e in train_ids],
+                               [infos[e].source for e in train_ids], params.labelled_fraction,
+                               params.labelled_sources, seed)
+    dims: dict[str, int] = {}
+    for eid in sorted(infos):
+        info = infos[eid]
+        if info.action_dim is not None and dims.setdefault(info.embodiment, info.action_dim) != info.action_dim:
+            raise ValueError(f"{STAGE}: embodiment {info.embodiment!r} has action dim {info.action_dim} in "
+                             f"{info.path} but {dims[info.embodiment]} elsewhere; give different robots different "
+                             f"meta['robot_type']")
+    stats: dict[str, dict[str, list[float]]] = {}
+    for name in dims:
+        acts = [load_actions(infos[e].path)[:-1] for e in sorted(labelled) if infos[e].embodiment == name]
+        if acts:
+            a = np.concatenate(acts)
+            stats[name] = {"mean": a.mean(0).tolist(), "std": a.std(0).tolist()}
+    return {"train": sorted(train_ids), "heldout": sorted(heldout_ids), "labelled": sorted(labelled),
+            "action_dims": dims or {"franka_panda": 5}, "action_stats": stats,
+            "sources": {e: infos[e].source for e in sorted(infos)}, "skipped": skipped}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: load this worker's shard of episodes, train, report losses (rank 0 checkpoints)."""
+    from pathlib import Path
+
+    import ray.train
+    import torch
+
+    from world_model.data import PairData
+    from world_model.model import WorldModelConfig
+    from world_model.train import TrainConfig, train
+    from world_model.wrapper import ActionNormalizer
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    model_config = WorldModelConfig.from_dict(config["model"])
+    train_config = TrainConfig(**{**config["train"], "seed": config["train"]["seed"] + rank})
+    paths = []
+    for batch in ray.train.get_dataset_shard("train").iter_batches(batch_size=256, batch_format="numpy"):
+        paths.extend(str(p) for p in batch["path"])
+    data = PairData.from_episodes(sorted(paths), model_config.cameras, model_config.image_size, model_config.depth,
+                                  model_config.max_depth_m, labelled=set(config["labelled"]),
+                                  embodiment_names=model_config.embodiments)
+    normalizer = ActionNormalizer(model_config.latent.embodiments)
+    for name, s in config["action_stats"].items():
+        normalizer.set_stats(name, s["mean"], s["std"])
+    import ray.train.torch
+
+    prepare = ray.train.torch.prepare_model if world > 1 else None
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+
+    def report(entry: dict[str, float]) -> None:
+        ray.train.report({**entry, "rank": rank})
+
+    result = train(model_config, train_config, data, Path(config["out_dir"]), resume=config["resume"],
+                   report=report, prepare_model=prepare, is_main=rank == 0, normalizer=normalizer,
+                   extra={"split": config["split_file"], "num_episodes": data.num_episodes}, device=device)
+    if rank == 0:
+        summary = {"checkpoint": str(result.checkpoint), "step": result.step, "start_step": result.start_step,
+                   "cpu_s": round(result.cpu_s, 1), "num_workers": world, "num_pairs": len(data),
+                   "final": result.history[-1] if result.history else {}}
+        (Path(config["out_dir"]) / "train.json").write_text(json.dumps(summary, indent=1))
+
+
+@register_stage(STAGE, kind="transform", params=TrainWorldModelParams)
+def train_world_model(ds, params: TrainWorldModelParams, ctx: StageContext):
+    """Latent actions + world model trained jointly on Ray Train (TorchTrainer); checkpoints, resume; rows unchanged."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    rows = [r for r in ds.take_all() if r["status"] == OK]
+    if not rows:
+        return ds
+    out_dir = ctx.stage_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not ctx.resume:  # a fresh run of the stage starts from scratch
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        (out_dir / "losses.jsonl").unlink(missing_ok=True)
+    split = plan_split(rows, params, ctx.seed)
+    if not split["train"]:
+        raise ValueError(f"{STAGE}: no training episodes left after holding out {params.holdout_fraction:.0%}")
+    split_file = out_dir / "split.json"
+    split_file.write_text(json.dumps(split, indent=1))
+    model_config = params.model_config_obj(split["action_dims"])
+    train_ids = set(split["train"])
+    train_ds = ds.filter(lambda r: r["status"] == OK and r["episode_id"] in train_ids)
+    loop_config = {"model": model_config.to_dict(), "train": params.train_config(ctx.seed).to_dict(),
+                   "labelled": split["labelled"], "action_stats": split["action_stats"], "out_dir": str(out_dir),
+                   "resume": bool(ctx.resume), "use_gpu": params.use_gpu, "split_file": str(split_file)}
+    logger.info("%s: %d training episodes (%d labelled), %d held out; %d worker(s)", STAGE, len(split["train"]),
+                len(split["labelled"]), len(split["heldout"]), params.num_workers)
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=params.num_workers, use_gpu=params.use_gpu,
+                                     resources_per_worker={"CPU": params.cpus_per_worker}),
+        datasets={"train": train_ds},
+        run_config=RunConfig(name="ray_train", storage_path=str(out_dir / "ray_results")))
+    trainer.fit()
+    del ray
+    return ds

@@ -1,0 +1,163 @@
+"""The joint latent-action world model: z = E(s_t, s_t+1), s_t+1 = W(s_t, z), tied to real actions where there are any.
+
+Objective (``LatentWorldModel.compute_loss``), per batch of frame pairs:
+
+    all pairs        recon_weight        * L_W(s_t, z, s_t+1)            z = bottleneck(E(s_t, s_t+1))
+                     + the bottleneck's own term (KL, VQ commitment)
+    labelled pairs   align_weight        * |z - zA|^2                    zA = bottleneck(A_e(a))
+                     head_weight         * |H_e(z) - a|^2
+                     action_recon_weight * L_W(s_t, zA, s_t+1)           W must also work from real actions
+
+L_W is the backend's motion-weighted loss on the frame change (deterministic: squared error of the predicted change;
+diffusion: the denoising loss), with pixel weights ``1 + motion_weight`` where the frame changes (``motion_weights``).
+``alignment=False`` is the ablation: H and A are still trained, but on a stop-gradient z and without the action
+reconstruction term, so they read the latent space without shaping it.
+
+States are camera images (and optionally depth) stacked as channels (see ``world_model.data``); actions arrive
+normalised (``world_model.wrapper.ActionNormalizer``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latent_actions.model import LatentActionConfig, LatentActionModel
+from world_model.deterministic import DeterministicConfig, DeterministicPredictor
+from world_model.diffusion import DiffusionConfig, DiffusionPredictor
+
+Backend = Literal["deterministic", "diffusion"]
+CAMERA_NAMES = ("front", "side", "top", "oblique", "wrist")
+
+
+@dataclass
+class WorldModelConfig:
+    # what a state is
+    cameras: tuple[str, ...] = ("oblique", "top", "wrist")
+    depth: bool = False  # add each camera's depth map as a channel
+    max_depth_m: float = 2.0  # depth is clipped to [0, max_depth_m] and scaled to [-1, 1]
+    image_size: int = 64
+    # the networks (their channel counts, image size and z width are filled in from the fields above)
+    backend: Backend = "deterministic"
+    latent: LatentActionConfig = field(default_factory=LatentActionConfig)
+    deterministic: DeterministicConfig = field(default_factory=DeterministicConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # the objective
+    alignment: bool = True
+    recon_weight: float = 1.0
+    action_recon_weight: float = 1.0
+    align_weight: float = 0.1  # small: E should learn mostly from reconstruction (all data), not overfit the labels
+    head_weight: float = 0.1
+    motion_weight: float = 10.0  # extra loss weight on pixels that change between s_t and s_t+1
+    motion_threshold: float = 0.03  # a pixel changes if any channel moves more than this (in [-1, 1] units)
+
+    def __post_init__(self):
+        if isinstance(self.latent, dict):
+            self.latent = LatentActionConfig(**self.latent)
+        if isinstance(self.deterministic, dict):
+            self.deterministic = DeterministicConfig(**self.deterministic)
+        if isinstance(self.diffusion, dict):
+            self.diffusion = DiffusionConfig(**self.diffusion)
+        self.cameras = tuple(self.cameras)
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras: expected one or more distinct camera names, got {list(self.cameras)}")
+        if self.backend not in ("deterministic", "diffusion"):
+            raise ValueError(f"backend: expected deterministic or diffusion, got {self.backend!r}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
+            raise ValueError(f"image_size: expected an integer >= 8, got {self.image_size!r}")
+        if not self.max_depth_m > 0:
+            raise ValueError(f"max_depth_m: expected > 0, got {self.max_depth_m!r}")
+        for name in ("recon_weight", "action_recon_weight", "align_weight", "head_weight", "motion_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+        if not 0 < self.motion_threshold < 2:
+            raise ValueError(f"motion_threshold: expected 0 < threshold < 2, got {self.motion_threshold!r}")
+        # one source of truth for the shapes: rebuild the sub-configs so they agree (and re-validate)
+        shape = {"in_channels": self.in_channels, "image_size": self.image_size}
+        self.latent = LatentActionConfig(**{**self.latent.to_dict(), **shape})
+        self.deterministic = DeterministicConfig(**{**self.deterministic.to_dict(), **shape,
+                                                    "cond_dim": self.latent.latent_dim})
+        self.diffusion = DiffusionConfig(**{**self.diffusion.to_dict(), **shape, "cond_dim": self.latent.latent_dim})
+
+    @property
+    def in_channels(self) -> int:
+        return (4 if self.depth else 3) * len(self.cameras)
+
+    @property
+    def embodiments(self) -> list[str]:
+        return sorted(self.latent.embodiments)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cameras": list(self.cameras), "depth": self.depth, "max_depth_m": self.max_depth_m,
+                "image_size": self.image_size, "backend": self.backend, "latent": self.latent.to_dict(),
+                "deterministic": self.deterministic.to_dict(), "diffusion": self.diffusion.to_dict(),
+                "alignment": self.alignment, "recon_weight": self.recon_weight,
+                "action_recon_weight": self.action_recon_weight, "align_weight": self.align_weight,
+                "head_weight": self.head_weight, "motion_weight": self.motion_weight,
+                "motion_threshold": self.motion_threshold}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:
+        return cls(**d)
+
+
+def motion_weights(s_t: torch.Tensor, s_next: torch.Tensor, motion_weight: float, threshold: float) -> torch.Tensor:
+    """Per-pixel loss weights (B, 1, H, W): 1 everywhere, 1 + motion_weight where the frame changes (dilated by one
+    pixel, so the edges of a moving part count too)."""
+    moving = ((s_next - s_t).abs().amax(1, keepdim=True) > threshold).float()  # (B, 1, H, W)
+    moving = F.max_pool2d(moving, 3, stride=1, padding=1)
+    return 1.0 + motion_weight * moving
+
+
+class LatentWorldModel(nn.Module):
+    """E, bottleneck, H / A per embodiment, and the world model W (one backend). ``forward`` = ``compute_loss``."""
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        self.config = config
+        self.latent = LatentActionModel(config.latent)
+        if config.backend == "deterministic":
+            self.predictor: nn.Module = DeterministicPredictor(config.deterministic)
+        else:
+            self.predictor = DiffusionPredictor(config.diffusion)
+        self.embodiments = config.embodiments  # batch["embodiment"] indexes this list
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.compute_loss(batch)
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """batch: s_t, s_next (B, C, H, W) in [-1, 1]; action (B, A_max) normalised, zero-padded; labelled (B,) bool;
+        embodiment (B,) long. Returns the total loss and its parts as floats."""
+        cfg = self.config
+        s_t, s_next = batch["s_t"], batch["s_next"]
+        weight = motion_weights(s_t, s_next, cfg.motion_weight, cfg.motion_threshold)  # (B, 1, H, W)
+        out = self.latent(s_t, s_next)  # z: (B, D)
+        recon = self.predictor.loss(s_t, out.z, s_next, weight).mean()
+        loss = cfg.recon_weight * recon + out.aux_loss
+        parts = {"recon": recon.detach(), "bottleneck": out.aux_loss.detach()}
+        labelled = batch["labelled"].bool()
+        if labelled.any():
+            align, head, recon_a, n = s_t.new_zeros(()), s_t.new_zeros(()), s_t.new_zeros(()), 0
+            for index, name in enumerate(self.embodiments):
+                rows = labelled & (batch["embodiment"] == index)
+                if not rows.any():
+                    continue
+                k = int(rows.sum())
+                action = batch["action"][rows, : cfg.latent.embodiments[name]]  # (k, A_e)
+                z = out.z_clean[rows] if cfg.alignment else out.z_clean[rows].detach()  # (k, D)
+                z_a = self.latent.encode_action(action, name).z  # (k, D)
+                align = align + k * (z - z_a).pow(2).mean()
+                head = head + k * (self.latent.decode_action(z, name) - action).pow(2).mean()
+                if cfg.alignment and cfg.action_recon_weight > 0:
+                    recon_a = recon_a + k * self.predictor.loss(s_t[rows], z_a, s_next[rows], weight[rows]).mean()
+                n += k
+            align, head, recon_a = align / n, head / n, recon_a / n
+            loss = loss + cfg.align_weight * align + cfg.head_weight * head + cfg.action_recon_weight * recon_a
+            parts.update(align=align.detach(), head=head.detach(), recon_action=recon_a.detach())
+        parts["loss"] = loss.detach()
+        return loss, {k: float(v) for k, v in parts.items()}

@@ -1,0 +1,203 @@
+"""The training loop of the latent-action world model: sample, step, log, checkpoint, resume. No model maths here.
+
+``train`` runs in one process (a Ray Train worker, the benchmark, a test). It builds the model for the data's
+embodiments, fits the action normaliser on the labelled pairs, and every ``checkpoint_every`` steps (and at the end)
+writes ``<out_dir>/checkpoints/step-XXXXXXXX`` (safetensors + JSON, see ``world_model.checkpoint``); with
+``resume=True`` it continues from the newest complete checkpoint there: weights, optimizer moments, the step count,
+the batch sampler's random state and the loss history. The learning rate is a function of the step (linear warm-up,
+cosine decay to 10%), so a resumed run follows the same schedule. Loss curves go to ``<out_dir>/losses.jsonl`` (one
+line per ``log_every`` steps) and to the ``report`` callback (Ray Train's ``ray.train.report`` in the stage).
+
+CPU cost is measured as this process's CPU time (``time.process_time``, all its threads), which other load on a
+shared machine does not inflate the way it inflates wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from world_model.checkpoint import latest_checkpoint, load_model, load_optimizer, read_config, save_checkpoint
+from world_model.data import BatchSampler, PairData
+from world_model.model import LatentWorldModel, WorldModelConfig
+from world_model.wrapper import ActionNormalizer, WorldModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000  # total optimizer steps (a resumed run continues up to this)
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    labelled_batch_fraction: float | None = 0.25  # share of each batch drawn from labelled pairs (None: natural)
+    source_weights: dict[str, float] | None = None  # batch mix of sources (None: in proportion to their pairs)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected > 0, got {self.lr!r}")
+        for name in ("weight_decay", "warmup_steps", "grad_clip", "num_threads"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)!r}")
+        if self.labelled_batch_fraction is not None and not 0 < self.labelled_batch_fraction < 1:
+            raise ValueError(f"labelled_batch_fraction: expected 0 < fraction < 1 or None, "
+                             f"got {self.labelled_batch_fraction!r}")
+        if self.source_weights is not None and any(w < 0 for w in self.source_weights.values()):
+            raise ValueError(f"source_weights: expected weights >= 0, got {self.source_weights}")
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path | None
+    step: int
+    start_step: int
+    cpu_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    world_model: WorldModel | None = None
+
+
+def model_config_for(config: WorldModelConfig, data: PairData) -> WorldModelConfig:
+    """``config`` with one action head per embodiment in ``data`` (dims from the episodes' actions); data without
+    any actions keeps the configured heads."""
+    dims = data.action_dims()
+    if not dims:
+        return config
+    d = config.to_dict()
+    d["latent"]["embodiments"] = dims
+    return WorldModelConfig.from_dict(d)
+
+
+def train(model_config: WorldModelConfig, train_config: TrainConfig, data: PairData, out_dir: str | Path,
+          resume: bool = True, report: Callable[[dict[str, float]], None] | None = None,
+          prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None, is_main: bool = True,
+          normalizer: ActionNormalizer | None = None, extra: dict[str, Any] | None = None,
+          device: str | torch.device = "cpu") -> TrainResult:
+    """Train (or continue training) on ``data``; returns the final checkpoint and the loss history.
+
+    ``model_config`` is used as given (``model_config_for`` sets its heads from the data's embodiments);
+    ``normalizer`` defaults to statistics of the labelled pairs of ``data`` (several workers should share one).
+    ``prepare_model`` wraps the model for distributed training (``ray.train.torch.prepare_model``); only the
+    ``is_main`` process writes checkpoints and the loss log.
+    """
+    tc = train_config
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    if len(data) == 0:
+        raise ValueError("train: no frame pairs (every episode has fewer than 2 frames, or no episodes)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    last = latest_checkpoint(ckpt_dir) if resume else None
+    history: list[dict[str, float]] = []
+    sampler = BatchSampler(data, tc.batch_size, seed=tc.seed, source_weights=tc.source_weights,
+                           labelled_batch_fraction=tc.labelled_batch_fraction)
+    cpu_before = 0.0
+    if last is not None:
+        model, normalizer, saved = load_model(last)
+        start = int(saved["step"])
+        history = list(saved.get("history", []))
+        cpu_before = float(saved.get("cpu_s", 0.0))
+        if saved.get("sampler_state"):
+            sampler.set_state(saved["sampler_state"])
+        logger.info("resuming from %s (step %d)", last, start)
+    else:
+        torch.manual_seed(tc.seed)
+        model = LatentWorldModel(model_config)
+        if normalizer is None:
+            normalizer = ActionNormalizer(model.config.latent.embodiments).fit(data)
+        start = 0
+    data.embodiment_names = model.config.embodiments
+    device = torch.device(device)
+    model.to(device)
+    net = prepare_model(model) if prepare_model else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    if last is not None:
+        load_optimizer(last, optimizer)
+        torch.manual_seed(tc.seed + start)
+    if start >= tc.steps:
+        logger.info("already trained to step %d (steps=%d)", start, tc.steps)
+        return TrainResult(last, start, start, cpu_before, history, WorldModel(model, normalizer))
+
+    def checkpoint(step: int, cpu_s: float) -> Path | None:
+        if not is_main:
+            return None
+        path = save_checkpoint(ckpt_dir / f"step-{step:08d}", model, normalizer, step, optimizer,
+                               extra={"train": tc.to_dict(), "sampler_state": sampler.state(), "history": history,
+                                      "cpu_s": cpu_s, **(extra or {})})
+        for old in sorted(ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-tc.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    cpu0 = time.process_time()
+    window: list[dict[str, float]] = []
+    path = last
+    net.train()
+    for step in range(start, tc.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = tc.lr_at(step)
+        batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(sampler.sample(), normalizer).items()}
+        loss, parts = net(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+        optimizer.step()
+        window.append(parts)
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            cpu_s = cpu_before + time.process_time() - cpu0
+            keys = sorted({k for w in window for k in w})
+            entry = {"step": done, "lr": tc.lr_at(step), "cpu_s": round(cpu_s, 2),
+                     **{k: float(np.mean([w[k] for w in window if k in w])) for k in keys}}
+            window = []
+            history.append(entry)
+            if is_main:
+                with open(out_dir / "losses.jsonl", "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            logger.info("step %d: %s", done, {k: round(v, 4) for k, v in entry.items() if k != "step"})
+            if report is not None:
+                report(entry)
+        if done % tc.checkpoint_every == 0 or done == tc.steps:
+            path = checkpoint(done, cpu_before + time.process_time() - cpu0)
+    cpu_s = cpu_before + time.process_time() - cpu0
+    model.eval().cpu()
+    return TrainResult(path, tc.steps, start, cpu_s, history, WorldModel(model, normalizer))
+
+
+def checkpoint_summary(path: str | Path) -> dict[str, Any]:
+    """The JSON side of a checkpoint without its optimizer block (for reports)."""
+    config = read_config(path)
+    config.pop("optimizer", None)
+    config.pop("sampler_state", None)
+    return config
