@@ -44,6 +44,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# Ray Train's placement-group cleaner polls the State API, which a local Ray started without its dashboard does not
+# serve: it would log a warning every few seconds for the whole training. Quietened in each worker process.
+_NOISY_WITHOUT_DASHBOARD = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_worker_logs() -> None:
+    """Ray ``worker_process_setup_hook`` of a local run (see ``init_ray``)."""
+    for name in _NOISY_WITHOUT_DASHBOARD:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def init_ray(ray_address: str) -> bool:
     """Connect to the configured cluster (RAY_ADDRESS wins) or start a local Ray. Returns True if we started it."""
     import ray
@@ -55,7 +66,8 @@ def init_ray(ray_address: str) -> bool:
         logger.info("connecting to Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(include_dashboard=False, log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": "pipeline.run.quiet_worker_logs"})
     return True
 
 

@@ -203,7 +203,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 @register_stage(STAGE, kind="transform", params=TrainWorldModelParams)
 def train_world_model(ds, params: TrainWorldModelParams, ctx: StageContext):
     """Latent actions + world model trained jointly on Ray Train (TorchTrainer); checkpoints, resume; rows unchanged."""
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -222,7 +221,9 @@ def train_world_model(ds, params: TrainWorldModelParams, ctx: StageContext):
     split_file.write_text(json.dumps(split, indent=1))
     model_config = params.model_config_obj(split["action_dims"])
     train_ids = set(split["train"])
-    train_ds = ds.filter(lambda r: r["status"] == OK and r["episode_id"] in train_ids)
+    # Materialised before the trainer reserves its CPUs: the rows are tiny, and a lazy filter would need a CPU that
+    # the training workers may hold (on a 2-core node they hold them all).
+    train_ds = ds.filter(lambda r: r["status"] == OK and r["episode_id"] in train_ids).materialize()
     loop_config = {"model": model_config.to_dict(), "train": params.train_config(ctx.seed).to_dict(),
                    "labelled": split["labelled"], "action_stats": split["action_stats"], "out_dir": str(out_dir),
                    "resume": bool(ctx.resume), "use_gpu": params.use_gpu, "split_file": str(split_file)}
@@ -235,5 +236,4 @@ def train_world_model(ds, params: TrainWorldModelParams, ctx: StageContext):
         datasets={"train": train_ds},
         run_config=RunConfig(name="ray_train", storage_path=str(out_dir / "ray_results")))
     trainer.fit()
-    del ray
     return ds
