@@ -128,11 +128,12 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
             if resume and done and only is None:
                 rows = _read_rows(stage_dir)
                 logger.info("stage %s: complete in an earlier run, %s", stage.name, _counts(rows))
-                timings.append({"stage": stage.name, "seconds": 0.0, "resumed": True, "counts": _counts(rows)})
+                timings.append(_stage_entry(stage.name, 0.0, True, rows, stage_dir))
                 continue
             ctx = StageContext(run_dir=run_dir, stage_dir=stage_dir, seed=config.seed, resume=resume, index=index)
             stage_dir.mkdir(parents=True, exist_ok=True)
             (stage_dir / "_SUCCESS").unlink(missing_ok=True)
+            ctx.report_path.unlink(missing_ok=True)  # a report belongs to the run of the stage that wrote it
             t0 = time.perf_counter()
             logger.info("stage %s (%s) ...", stage.name, spec.kind)
             if spec.kind == "source":
@@ -147,7 +148,7 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
             seconds = time.perf_counter() - t0
             counts = _counts(rows)
             logger.info("stage %s done in %.1f s: %s", stage.name, seconds, counts)
-            timings.append({"stage": stage.name, "seconds": round(seconds, 3), "resumed": False, "counts": counts})
+            timings.append(_stage_entry(stage.name, seconds, False, rows, stage_dir))
     finally:
         if started_ray:
             import ray
@@ -156,6 +157,16 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
     manifest = build_manifest(config, rows, timings, partial=only is not None)
     atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
+
+
+def _stage_entry(name: str, seconds: float, resumed: bool, rows: list[dict[str, str]],
+                 stage_dir: Path) -> dict[str, Any]:
+    """A stage's line in the manifest: timing, row counts and its report.json (headline figures), if it wrote one."""
+    entry: dict[str, Any] = {"stage": name, "seconds": round(seconds, 3), "resumed": resumed, "counts": _counts(rows)}
+    report = stage_dir / "report.json"
+    if report.is_file():
+        entry["report"] = json.loads(report.read_text())
+    return entry
 
 
 def _check_unique_ids(rows: list[dict[str, str]], stage: str) -> None:

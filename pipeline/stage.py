@@ -14,6 +14,7 @@ account for every input episode.
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from collections.abc import Callable
@@ -59,6 +60,17 @@ class StageContext:
 
     def episode_path(self, episode_id: str) -> Path:
         return self.episodes_dir / f"{episode_id}.npz"
+
+    @property
+    def report_path(self) -> Path:
+        """A stage's headline figures (JSON object); the runner copies them into ``manifest.json``."""
+        return self.stage_dir / "report.json"
+
+    def write_report(self, report: dict) -> None:
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.report_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(self.report_path)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Reads the newest checkpoint of the run's ``train_world_model`` stage (or ``check
 stage held out (its ``split.json``; ``episodes: all`` measures on every ok row instead, e.g. for a checkpoint trained
 elsewhere) and writes to ``<stage_dir>``:
 
+    report.json     the headline figures (copied into the run's manifest.json)
     eval.json       probe R2 / MSE (frozen z -> commanded action, and -> actual end-effector motion), head R2, codebook
                     usage, 1..horizon-step open-loop rollout PSNR / SSIM (full frame and motion-masked) from true
                     actions, inferred latents and shuffled actions against the copy-last-frame baseline, rollout
@@ -88,6 +89,13 @@ def evaluate_world_model(ds, params: EvaluateWorldModelParams, ctx: StageContext
     result.update(checkpoint=str(checkpoint), episodes=params.episodes, num_episodes=len(chosen))
     (ctx.stage_dir / "eval.json").write_text(json.dumps(result, indent=1))
     summary = result.get("rollout", {}).get("summary", {})
+    latent = result["latent"]
+    ctx.write_report({"checkpoint": str(checkpoint), "episodes": params.episodes, "num_episodes": len(chosen),
+                      "probe_r2": latent.get("probe_action", {}).get("r2"),
+                      "probe_mse": latent.get("probe_action", {}).get("mse"),
+                      "head_r2": latent.get("head", {}).get("r2"), "codebook": latent.get("codebook"), **summary,
+                      "rollout_fps_per_core": result.get("speed", {}).get("rollout_fps_per_core"),
+                      "files": {"eval": str(ctx.stage_dir / "eval.json"), **result.get("files", {})}})
     logger.info("%s: probe R2 %s, 1-step masked PSNR gain %s dB, action sensitivity %s dB", STAGE,
                 result["latent"].get("probe_action", {}).get("r2"), summary.get("psnr_gain_1step_db"),
                 summary.get("action_sensitivity_db"))

@@ -15,8 +15,8 @@ labelled episodes only.
 
 Outputs under ``<stage_dir>``: ``checkpoints/step-XXXXXXXX/`` (safetensors + JSON config, every ``checkpoint_every``
 steps and at the end; the newest ``keep_checkpoints`` are kept), ``losses.jsonl`` (loss curves), ``split.json``,
-``train.json`` (summary). With ``--resume`` a killed training continues from its newest checkpoint (same step count,
-optimizer state and sampler state).
+``train.json`` (summary, also the stage's ``report.json``). With ``--resume`` a killed training continues from its
+newest checkpoint (same step count, optimizer state and sampler state).
 
     - name: train_world_model
       params: {cameras: [oblique, top, wrist], steps: 3000, labelled_fraction: 0.1, bottleneck: continuous}
@@ -236,4 +236,9 @@ def train_world_model(ds, params: TrainWorldModelParams, ctx: StageContext):
         datasets={"train": train_ds},
         run_config=RunConfig(name="ray_train", storage_path=str(out_dir / "ray_results")))
     trainer.fit()
+    summary_file = out_dir / "train.json"
+    if summary_file.is_file():  # rank 0 wrote it
+        ctx.write_report({**json.loads(summary_file.read_text()), "train_episodes": len(split["train"]),
+                          "labelled_episodes": len(split["labelled"]), "heldout_episodes": len(split["heldout"]),
+                          "losses": str(out_dir / "losses.jsonl")})
     return ds

@@ -102,9 +102,11 @@ def test_resume_of_a_complete_run_does_nothing(finished_run, tmp_path):
 
     run_dir = tmp_path / "tiny"
     shutil.copytree(finished_run[0], run_dir)
+    (run_dir / "stages" / "01_depth" / "report.json").write_text('{"abs_rel": 0.01}')  # a stage's headline figures
     manifest = run(parse_config(tiny_config(run_dir)), resume=True)
     assert all(t["resumed"] for t in manifest["stages"])
     assert manifest["counts"] == {"written": 4, "total": 4}
+    assert [t.get("report") for t in manifest["stages"]] == [None, {"abs_rel": 0.01}, None]
 
 
 def test_only_reruns_one_stage_from_persisted_input(finished_run, tmp_path):
@@ -113,8 +115,10 @@ def test_only_reruns_one_stage_from_persisted_input(finished_run, tmp_path):
     run_dir = tmp_path / "tiny"
     shutil.copytree(finished_run[0], run_dir)
     before = (run_dir / "stages" / "00_generate_tabletop" / "rows.jsonl").stat().st_mtime_ns
+    (run_dir / "stages" / "01_depth" / "report.json").write_text("{}")  # from an earlier run of the stage
     manifest = run(parse_config(tiny_config(run_dir)), only="depth")
     assert [t["stage"] for t in manifest["stages"]] == ["depth"]
+    assert "report" not in manifest["stages"][0]  # the re-run wrote none, so the stale one is gone
     assert manifest["partial"] is True
     assert (run_dir / "stages" / "00_generate_tabletop" / "rows.jsonl").stat().st_mtime_ns == before
     with pytest.raises(RunError, match="no such stage"):

@@ -103,6 +103,8 @@ def test_ray_train_one_worker_checkpoints_resumes_and_evaluates(ray_session, row
     assert summary["start_step"] == 6 and summary["step"] == 8
     assert [json.loads(line)["step"] for line in (ctx.stage_dir / "losses.jsonl").read_text().splitlines()] == \
         [2, 4, 6, 8]
+    train_report = json.loads((ctx.stage_dir / "report.json").read_text())
+    assert train_report["step"] == 8 and train_report["heldout_episodes"] == len(split["heldout"])
 
     # evaluation on the held-out episodes of that training
     ectx = _ctx(tmp_path, 2, "evaluate_world_model")
@@ -113,3 +115,7 @@ def test_ray_train_one_worker_checkpoints_resumes_and_evaluates(ray_session, row
     assert "r2" in report["latent"]["probe_action"] and "head" in report["latent"]
     assert report["rollout"]["horizon"] == 2 and "action_sensitivity_db" in report["rollout"]["summary"]
     assert (ectx.stage_dir / "rollouts.png").stat().st_size > 0 and (ectx.stage_dir / "rollouts.gif").exists()
+    headline = json.loads((ectx.stage_dir / "report.json").read_text())
+    assert headline["probe_r2"] == report["latent"]["probe_action"]["r2"]
+    assert headline["psnr_gain_1step_db"] == report["rollout"]["summary"]["psnr_gain_1step_db"]
+    assert headline["files"]["panel"] == str(ectx.stage_dir / "rollouts.png")
