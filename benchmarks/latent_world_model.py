@@ -145,16 +145,22 @@ def run_one(run: Run, spec: DataSpec, train_paths: list[str], test_data, out: Pa
     from world_model.train import TrainConfig, model_config_for, train
 
     torch.set_num_threads(args.threads)
+    run_dir = out / run.name
+    steps = args.steps if run.backend == "deterministic" else args.diffusion_steps
+    done = run_dir / "eval.json"
+    if args.resume and done.is_file():  # this run was trained to the end and evaluated: reuse its report
+        report = json.loads(done.read_text())
+        if report.get("train", {}).get("steps") == steps:
+            logger.info("%s: reusing the finished run's report %s", run.name, done)
+            return report
     data = PairData.from_episodes(train_paths, spec.cameras, spec.image_size)
     labelled = choose_labelled(data.episode_ids, [a is not None for a in data.actions], data.sources,
                                run.labelled_fraction, seed=spec.seed)
     data.labelled = labelled
     config = model_config_for(model_config(run, spec, args.quick), data)
-    steps = args.steps if run.backend == "deterministic" else args.diffusion_steps
     tc = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(100, steps // 10 + 1),
                      labelled_batch_fraction=0.25, checkpoint_every=max(1, steps // 4), log_every=max(1, steps // 20),
                      seed=spec.seed, num_threads=args.threads)
-    run_dir = out / run.name
     logger.info("%s: %d training episodes (%d labelled), %d pairs, %d steps", run.name, data.num_episodes,
                 len(labelled), len(data), steps)
     result = train(config, tc, data, run_dir, resume=args.resume)
@@ -237,7 +243,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes generating episodes")
     parser.add_argument("--max-windows", type=int, default=256, help="rollout windows evaluated per model")
     parser.add_argument("--runs", default=",".join(r.name for r in RUNS), help="comma-separated subset of runs")
-    parser.add_argument("--resume", action="store_true", help="continue runs from their checkpoints in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue runs from their checkpoints in --out (finished, evaluated runs are reused)")
     parser.add_argument("--data-only", action="store_true", help="generate (or check) the cached episodes and stop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
