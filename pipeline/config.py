@@ -98,7 +98,9 @@ def _check_output_dir(output_dir: Any, errors: list[str]) -> Path | None:
     if not isinstance(output_dir, str) or not output_dir:
         errors.append(f"output_dir: expected a directory path, got {output_dir!r}")
         return None
-    path = Path(output_dir).expanduser()
+    # Absolute from here on: rows carry episode paths under it, and Ray workers do not share the driver's working
+    # directory (Ray Train's workers run in their own trial directory).
+    path = Path(output_dir).expanduser().absolute()
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

@@ -110,3 +110,10 @@ def test_cli_lists_stages(capsys):
     out = capsys.readouterr().out
     for name in ("generate_tabletop", "ingest_lerobot", "ingest_videos", "depth", "write_lerobot"):
         assert name in out
+
+
+def test_relative_output_dir_becomes_absolute(tmp_path, monkeypatch):
+    # Episode paths in rows live under the run dir, and Ray workers (Ray Train's in particular) run elsewhere.
+    monkeypatch.chdir(tmp_path)
+    config = parse_config({"output_dir": "runs/demo", "stages": [{"name": "generate_tabletop"}]})
+    assert config.output_dir == tmp_path / "runs" / "demo" and config.output_dir.is_absolute()
