@@ -1,6 +1,6 @@
 """Source stage: scripted Franka Panda tabletop episodes from the embedded pybullet simulator (``pipeline.sim``).
 
-Fan-out 0:N. One Ray task per episode (``override_num_blocks=num_episodes``), each reserving ``resources.num_cpus``
+Fan-out 0:N. One Ray task per episode (at most ``resources.concurrency`` at a time), each reserving ``resources.num_cpus``
 (default 1: the simulator and TinyRenderer are single-threaded, so one task per core is the most a node can use).
 Episode ``i`` is seeded from ``(run seed, i)`` through ``numpy.random.SeedSequence``, so a run is reproducible and an
 episode can be regenerated alone from ``meta["seed"]`` and ``meta["sim"]["config"]``. Each episode is validated and
@@ -126,16 +126,30 @@ def generate_one(item: dict, params: GenerateTabletopParams, ctx: StageContext) 
 @register_stage(STAGE, kind="source", params=GenerateTabletopParams)
 def generate_tabletop(ds, params: GenerateTabletopParams, ctx: StageContext):
     """Scripted Franka Panda tabletop episodes (pick_place, push, stack, reach) from pybullet, one Ray task each."""
-    import functools
-
     import ray
 
     if ds is not None:
         raise ValueError(f"{STAGE} is a source stage: it must come first in stages (got an input dataset)")
-    items = [{"episode_index": i} for i in range(params.num_episodes)]
-    fn = functools.partial(generate_one, params=params, ctx=ctx)
-    extra = {}
-    if params.resources.concurrency is not None:
-        extra["compute"] = ray.data.TaskPoolStrategy(size=params.resources.concurrency)
-    return ray.data.from_items(items, override_num_blocks=params.num_episodes).map(
-        fn, num_cpus=params.resources.num_cpus, num_gpus=params.resources.num_gpus or None, **extra)
+    # Plain Ray tasks, not a Ray Data map: each episode is seconds of work, and Ray Data's streaming executor left
+    # about 0.15 s between tasks and started the second worker a second late (benchmarks/foundation.py measures it).
+    task = ray.remote(generate_one).options(num_cpus=params.resources.num_cpus,
+                                           num_gpus=params.resources.num_gpus or 0)
+    limit = params.resources.concurrency or params.num_episodes
+    pending, rows = [], []
+    step = max(1, params.num_episodes // 10)
+
+    def collect(done: list) -> None:
+        for row_ in ray.get(done):
+            rows.append(row_)
+            if len(rows) % step == 0 or len(rows) == params.num_episodes:
+                logger.info("%s: %d/%d episodes", STAGE, len(rows), params.num_episodes)  # progress
+
+    for i in range(params.num_episodes):
+        if len(pending) >= limit:
+            done, pending = ray.wait(pending, num_returns=1)
+            collect(done)
+        pending.append(task.remote({"episode_index": i}, params, ctx))
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        collect(done)
+    return ray.data.from_items(sorted(rows, key=lambda r: r["episode_id"]))
