@@ -44,6 +44,7 @@ def main() -> None:
     import torch
 
     from latent_actions.model import LatentActionConfig, LatentActionEncoder
+    from pipeline.sim.spec import ACTION_NAMES
     from world_model.data import PairData
     from world_model.metrics import r2_per_dim
 
@@ -83,7 +84,7 @@ def main() -> None:
             preds.append(encoder(batch["s_t"], batch["s_next"]).numpy())
     pred = np.concatenate(preds) * std + mean
     r2 = [round(float(v), 4) for v in r2_per_dim(pred, a_test)]
-    print(json.dumps({"cameras": list(cameras), "action_names": ["dx", "dy", "dz", "dyaw", "gripper"][: len(r2)],
+    print(json.dumps({"cameras": list(cameras), "action_names": list(ACTION_NAMES[: len(r2)]),
                       "supervised_r2_per_dim": r2, "supervised_r2_mean": round(float(np.mean(r2)), 4),
                       "train_episodes": train.num_episodes, "test_episodes": test.num_episodes,
                       "steps": args.steps, "train_cpu_s": round(time.process_time() - start, 1)}))

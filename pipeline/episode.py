@@ -39,6 +39,17 @@ _HEADER_KEY = "__header__"
 FORMAT_VERSION = 1
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a unique temp file and a rename: readers see the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def safe_id(text: str, fallback: str) -> str:
     """A file-name-safe episode id fragment from free text (a file stem, a dataset name)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or fallback

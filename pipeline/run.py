@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import RunConfig
+from pipeline.episode import atomic_write_text
 from pipeline.stage import OK, REGISTRY, WRITTEN, StageContext
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,6 @@ MANIFEST = "manifest.json"
 
 class RunError(RuntimeError):
     """The run cannot go on (not a per-episode problem): says what to do instead."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # Ray Train's placement-group cleaner polls the State API, which a local Ray started without its dashboard does not

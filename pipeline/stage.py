@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.episode import Episode
+from pipeline.episode import Episode, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class StageContext:
 
     def write_report(self, report: dict) -> None:
         self.stage_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.report_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(self.report_path)
+        atomic_write_text(self.report_path, json.dumps(report, indent=1))
 
 
 @dataclass(frozen=True)

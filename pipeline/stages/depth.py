@@ -155,7 +155,7 @@ def write_metrics(rows: list[dict], ctx: StageContext, model: str) -> dict[str, 
     report = {"backend": "depth_anything", "model": model,
               "ground_truth": "sensor depth of the episodes (estimate_for: all)",
               "overall": total.to_json() if per_episode else None, "episodes": per_episode}
-    from pipeline.run import atomic_write_text
+    from pipeline.episode import atomic_write_text
 
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(ctx.stage_dir / METRICS_FILE, json.dumps(report, indent=2))

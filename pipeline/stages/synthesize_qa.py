@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from pipeline.episode import atomic_write_text
 from pipeline.stage import OK, Resources, StageContext, StageParams, error_reason, register_stage
 
 logger = logging.getLogger(__name__)
@@ -108,14 +109,6 @@ class SynthesizeQAParams(StageParams):
 # -- per episode (Ray task) ------------------------------------------------------------------------------------------
 
 
-def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
 
 def part_paths(parts_dir: Path, episode_id: str) -> tuple[Path, Path]:
     return parts_dir / f"{episode_id}.tar", parts_dir / f"{episode_id}.json"
@@ -159,7 +152,7 @@ def synthesize_one(in_row: dict, params: SynthesizeQAParams, ctx: StageContext, 
         logger.warning("%s: no QA for %s: %s\n%s", STAGE, eid, exc, traceback.format_exc())
         tar_path.unlink(missing_ok=True)
         summary = {"episode_id": eid, "error": error_reason(exc), "samples": [], "num_qa": 0, "skips": []}
-    _atomic_json(json_path, summary)
+    atomic_write_text(json_path, json.dumps(summary))
     return in_row
 
 
