@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.episode import Episode
+from episodes import Episode
 from pipeline.stage import StageContext, row
 from pipeline.stages.write_lerobot import ShardSchema, WriteLerobotParams, encoder_configs, write_lerobot
 

@@ -70,7 +70,7 @@ def _make_one(job: tuple[str, int, str, DataSpec]) -> tuple[str, float]:
 
     from pipeline.sim.generate import generate_episode
     from pipeline.sim.tabletop import TabletopConfig
-    from world_model.sim_data import explore_episode
+    from pipeline.sim.explore import explore_episode
 
     kind, seed, path, spec = job
     start = time.process_time()

@@ -56,7 +56,7 @@ def generate(num_episodes: int, image_size: int, seed_base: int, max_steps: int)
 
 def score_episode(episode, config):
     """(scores, skips, num_qa, cpu_s) of one synthesis variant on one episode."""
-    from depth.sim_truth import truth_scene
+    from pipeline.sim.truth import truth_scene
     from depth.spatial_qa import score_record
     from depth.synthesis import synthesize_episode
 

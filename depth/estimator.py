@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 
 from depth.metrics import DepthErrorSums, depth_error_sums
-from pipeline.episode import Episode, EpisodeError
+from episodes import Episode, EpisodeError
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from depth.pointcloud import Intrinsics, PerceptionConfig, perceive_frame
 from depth.spatial_qa import QA_SCHEMA_VERSION, FrameRef, QAConfig, SceneFacts, generate_questions
-from pipeline.episode import Episode
+from episodes import Episode
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,32 @@ from pathlib import Path
 from pydantic.fields import FieldInfo
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("wmsynth")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _verbosity() -> argparse.ArgumentParser:
+    """-v / -q, accepted before or after the subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (debug)")
+    common.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS, help="less logging (warnings)")
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wmsynth", description="World-model data synthesis for VLA policies.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = _verbosity()
+    parser = argparse.ArgumentParser(prog="wmsynth", description="World-model data synthesis for VLA policies.",
+                                     parents=[common])
+    parser.add_argument("--version", action="version", version=f"wmsynth {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("validate", "check a stages.yaml without starting Ray"),
+    for name, help_text in (("validate", "check a stages.yaml and its data without starting Ray"),
                             ("run", "run the pipeline of a stages.yaml on Ray")):
-        cmd = sub.add_parser(name, help=help_text)
+        cmd = sub.add_parser(name, help=help_text, parents=[common])
         cmd.add_argument("config", help="path to stages.yaml")
         cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.PARAM=VALUE",
                          help="override a param (value parsed as YAML); repeatable")
@@ -33,8 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             cmd.add_argument("--only", metavar="STAGE", help="re-run one stage from the persisted output before it")
             cmd.add_argument("--resume", action="store_true", help="continue a killed run: skip finished work")
-    sub.add_parser("stages", help="list the registered stages and their params")
-    verify = sub.add_parser("verify", help="load a run's shards with lerobot and compare them with their episodes")
+        if name == "validate":
+            cmd.add_argument("--no-data", action="store_true", help="check the file only (no storage or data access)")
+    sub.add_parser("stages", help="list the registered stages and their params", parents=[common])
+    verify = sub.add_parser("verify", help="load a run's shards with lerobot and compare them with their episodes",
+                            parents=[common])
     verify.add_argument("run_dir")
     verify.add_argument("--frames-per-episode", type=int, default=6)
     return parser
@@ -61,8 +83,11 @@ def _print_stages() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    level = logging.DEBUG if getattr(args, "verbose", 0) else logging.WARNING if getattr(args, "quiet", 0) \
+        else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if args.command == "stages":
         _print_stages()
         return 0
@@ -78,8 +103,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.config import ConfigError, load_config
 
+    from pipeline.checks import check_run
+
     try:
         config = load_config(args.config, args.overrides, output_dir=args.output)
+        if not getattr(args, "no_data", False):
+            problems = check_run(config)
+            if problems:
+                raise ConfigError(problems, args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -110,8 +141,8 @@ def summary(manifest: dict) -> str:
         if entry["fate"] in ("quarantined", "filtered"):
             lines.append(f"  {entry['fate']}: {entry['episode_id']} at {entry['stage']}: {entry.get('reason', '')}")
     if manifest["shards"]:
-        lines.append(f"shards ({len(manifest['shards'])}): {manifest['shards_dir']}")
-    lines.append(f"manifest: {manifest['run_dir']}/manifest.json")
+        lines.append(f"shards ({len(manifest['shards'])}): {manifest['run_dir']}/{manifest['shards_dir']}")
+    lines.append(f"manifest: {manifest['run_dir']}/manifest.json   log: {manifest['run_dir']}/run.log")
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from episodes import io as fileio
 from pipeline.stage import REGISTRY, StageParams
 
 
@@ -42,11 +43,15 @@ class StageConfig:
 
 @dataclass
 class RunConfig:
-    output_dir: Path
+    output_dir: str  # an absolute local path or a URL (episodes.io)
     ray_address: str
     seed: int
     stages: list[StageConfig]
     source_file: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output_dir": self.output_dir, "ray_address": self.ray_address, "seed": self.seed,
+                "stages": [{"name": s.name, "params": s.params.model_dump(mode="json")} for s in self.stages]}
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
@@ -94,13 +99,23 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], errors: list[str]
         target[parts[-1]] = value
 
 
-def _check_output_dir(output_dir: Any, errors: list[str]) -> Path | None:
+def _check_output_dir(output_dir: Any, errors: list[str]) -> str | None:
     if not isinstance(output_dir, str) or not output_dir:
-        errors.append(f"output_dir: expected a directory path, got {output_dir!r}")
+        errors.append(f"output_dir: expected a directory path or URL (s3://bucket/run), got {output_dir!r}")
         return None
+    if fileio.is_url(output_dir):
+        scheme = output_dir.split("://", 1)[0]
+        import fsspec
+
+        if scheme not in fsspec.available_protocols():
+            errors.append(f"output_dir: unknown URL scheme {scheme!r} (use s3://, gs://, file://, memory:// or a "
+                          f"local path)")
+            return None
+        if not fileio.is_local(output_dir):
+            return fileio.normalize(output_dir)
     # Absolute from here on: rows carry episode paths under it, and Ray workers do not share the driver's working
     # directory (Ray Train's workers run in their own trial directory).
-    path = Path(output_dir).expanduser().absolute()
+    path = fileio.local_path(output_dir).expanduser().absolute()
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -108,7 +123,7 @@ def _check_output_dir(output_dir: Any, errors: list[str]) -> Path | None:
         errors.append(f"output_dir: {probe} exists and is not a directory")
     elif not os.access(probe, os.W_OK | os.X_OK):
         errors.append(f"output_dir: {path} cannot be created or written ({probe} is not writable)")
-    return path
+    return str(path)
 
 
 def parse_config(raw: Any, overrides: list[str] | None = None, source: str = "stages.yaml",
@@ -168,8 +183,8 @@ def parse_config(raw: Any, overrides: list[str] | None = None, source: str = "st
     if stages and kinds[0] != "source":
         errors.append(f"stages[0]: the first stage must be a source ({_names('source')}), got {stages[0].name!r}")
     for i, kind in enumerate(kinds):
-        if kind == "sink" and i != len(kinds) - 1 and kinds[i + 1] != "sink":
-            errors.append(f"stages[{i}]: sink {stages[i].name!r} must come after every transform")
+        if kind == "source" and i > 0 and kinds[i - 1] != "source":
+            errors.append(f"stages[{i}]: source {stages[i].name!r} must come before every other stage")
     if errors:
         raise ConfigError(errors, source)
     return RunConfig(output_dir=out, ray_address=ray_address, seed=seed, stages=stages, source_file=source)

@@ -1,34 +1,45 @@
-"""Stage registry, the row schema that flows through Ray Data, and the per-episode mapping helpers.
+"""The stage contract: three kinds of stage, a registry, the rows that flow between stages and the run context.
 
-A stage is a typed params model plus a ``build(ds, params, ctx) -> ds`` function, registered by name:
+A stage is one file: a params model, one function (or callable class) and a registration. The runner
+(``pipeline.run``) owns everything else: execution on Ray, resume, saving episodes, validating what a stage produced,
+quarantine and the manifest.
 
-    @register_stage("depth", kind="transform", params=DepthParams)
-    def depth(ds, params, ctx): ...
+    source     (1:N)  ``plan(params, ctx) -> [item, ...]`` lists the work (each item a small dict with an
+                      ``episode_id``); ``fn(item, params, ctx) -> Episode`` makes one episode, in a Ray task.
+    map        (1:1)  ``fn(episode, params, ctx) -> Episode`` in Ray Data tasks, or a class
+                      ``cls(params, ctx)`` whose ``__call__(episode) -> Episode`` runs in an actor pool (a model loads
+                      once per actor). Returning the input episode itself means "unchanged": nothing is written.
+                      An optional ``finish(rows, params, ctx)`` runs on the driver afterwards (e.g. assemble per-episode
+                      side outputs into one dataset).
+    aggregate  (N:1)  ``fn(rows, params, ctx) -> rows | None`` on the driver with every ok row (training, evaluation,
+                      writing shards); it may use Ray itself. ``None`` means the rows pass through.
 
-Rows are small: ``{"episode_id", "path", "status", "reason", "stage", "shard"}``. The episode's arrays stay on disk
-(``pipeline.episode``) under the run directory, which on a cluster must be a filesystem every node sees.
-``status`` is one of ``ok`` (go on), ``filtered`` (dropped on purpose, with the reason), ``quarantined`` (bad input, with
-the reason) or ``written`` (in a shard). Rows that are not ``ok`` pass through later stages untouched, so the manifest can
-account for every input episode.
+Any stage function raises ``Filtered(reason)`` to drop an episode on purpose; any other exception for one episode
+quarantines it with the reason. Stages hand artifacts to later stages through the context (``ctx.publish(name,
+value)`` on the driver, ``ctx.artifact(name)`` later), never by looking into another stage's directory. A stage
+declares what it ``requires`` and ``provides`` so ``wmsynth validate`` can tell a missing predecessor before Ray starts,
+and an optional ``check(params, check_ctx) -> [(field, message)]`` runs cheap data checks (inputs exist, keys are in the
+dataset, cameras exist) at validation time.
+
+Rows are small: ``{"episode_id", "path", "status", "reason", "stage", "shard", "source"}``. ``status`` is ``ok`` (go
+on), ``filtered`` (dropped on purpose), ``quarantined`` (bad input) or ``written`` (in a shard); rows that are not ok
+pass through later stages untouched, so the manifest accounts for every input episode. ``path`` is a local path or a
+URL (``episodes.io``); episodes stay in the run directory, never in Ray's object store.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.episode import Episode, atomic_write_text
+from episodes import SUFFIX
+from episodes import io as fileio
 
-logger = logging.getLogger(__name__)
-
-StageKind = Literal["source", "transform", "sink"]
+StageKind = Literal["source", "map", "aggregate"]
 OK, FILTERED, QUARANTINED, WRITTEN = "ok", "filtered", "quarantined", "written"
 
 
@@ -46,29 +57,57 @@ class Resources(StageParams):
     concurrency: int | None = Field(None, ge=1, description="actors in the pool (model stages) or max parallel tasks")
 
 
-@dataclass(frozen=True)
+class Filtered(Exception):
+    """Raised by a stage function to drop an episode on purpose; the reason goes to the manifest."""
+
+
+@dataclass
 class StageContext:
-    run_dir: Path
-    stage_dir: Path
+    """What a stage knows about its run. Picklable: map and source functions receive it in their Ray tasks."""
+
+    run_dir: str
+    stage_dir: str
+    stage: str
     seed: int
     resume: bool
     index: int
+    artifacts: dict[str, Any] = field(default_factory=dict)  # published by earlier stages (and this one)
 
-    @property
-    def episodes_dir(self) -> Path:
-        return self.stage_dir / "episodes"
+    def path(self, *parts: str) -> str:
+        """A path (or URL) under this stage's directory."""
+        return fileio.join(self.stage_dir, *parts)
 
-    def episode_path(self, episode_id: str) -> Path:
-        return self.episodes_dir / f"{episode_id}.npz"
+    def run_path(self, *parts: str) -> str:
+        return fileio.join(self.run_dir, *parts)
 
-    @property
-    def report_path(self) -> Path:
-        """A stage's headline figures (JSON object); the runner copies them into ``manifest.json``."""
-        return self.stage_dir / "report.json"
+    def episode_path(self, episode_id: str) -> str:
+        return self.path("episodes", episode_id + SUFFIX)
 
-    def write_report(self, report: dict) -> None:
-        self.stage_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.report_path, json.dumps(report, indent=1))
+    def artifact(self, name: str) -> Any:
+        if name not in self.artifacts:
+            raise KeyError(f"stage {self.stage}: no earlier stage published {name!r} (have: {sorted(self.artifacts)})")
+        return self.artifacts[name]
+
+    def publish(self, name: str, value: Any) -> None:
+        """Hand an artifact (a path, a small JSON value) to later stages. Driver side only (aggregate / finish)."""
+        self.artifacts[name] = value
+
+    def write_report(self, report: dict[str, Any]) -> None:
+        """A stage's headline figures; the runner copies them into ``manifest.json``."""
+        fileio.atomic_write_text(self.path("report.json"), json.dumps(report, indent=1, default=str))
+
+
+@dataclass
+class CheckContext:
+    """What ``check`` sees at validation time: the run's location and what earlier stages will produce."""
+
+    run_dir: str
+    index: int
+    earlier: list[tuple[str, StageParams]]  # (stage name, params) of the stages before this one
+    outputs: dict[str, Any] = field(default_factory=dict)  # merged ``describe`` of earlier sources, e.g. cameras
+
+
+Problem = tuple[str, str]  # (field path inside params, or "" for the stage; message)
 
 
 @dataclass(frozen=True)
@@ -76,27 +115,43 @@ class StageSpec:
     name: str
     kind: StageKind
     params_model: type[StageParams]
-    build: Callable[..., Any]
+    fn: Callable[..., Any]
+    plan: Callable[..., list[dict[str, Any]]] | None = None  # sources
+    finish: Callable[..., Any] | None = None  # maps: driver-side step after every episode is done
+    check: Callable[..., list[Problem]] | None = None
+    describe: Callable[..., dict[str, Any]] | None = None  # sources: {"cameras": [...], "depth": bool, ...}
+    requires: Callable[..., tuple[str, ...]] | tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    resources: Callable[[Any], Resources] = lambda params: getattr(params, "resources", Resources())
 
     @property
     def doc(self) -> str:
-        return (self.build.__doc__ or "").strip().splitlines()[0] if self.build.__doc__ else ""
+        doc = (self.fn.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    @property
+    def is_actor(self) -> bool:
+        return isinstance(self.fn, type)
+
+    def required(self, params: StageParams) -> tuple[str, ...]:
+        return tuple(self.requires(params)) if callable(self.requires) else tuple(self.requires)
 
 
 REGISTRY: dict[str, StageSpec] = {}
 
 
-def register_stage(name: str, kind: StageKind, params: type[StageParams]):
-    def decorator(build):
+def register_stage(name: str, kind: StageKind, params: type[StageParams], **options: Any):
+    """Decorator: ``@register_stage("depth", kind="map", params=DepthParams, check=..., provides=(...))``."""
+
+    def decorator(fn):
         if name in REGISTRY:
             raise RuntimeError(f"stage {name!r} registered twice")
-        REGISTRY[name] = StageSpec(name=name, kind=kind, params_model=params, build=build)
-        return build
+        if kind == "source" and options.get("plan") is None:
+            raise TypeError(f"source stage {name!r} needs plan=")
+        REGISTRY[name] = StageSpec(name=name, kind=kind, params_model=params, fn=fn, **options)
+        return fn
 
     return decorator
-
-
-# -- rows ------------------------------------------------------------------------------------------------------------
 
 
 def row(episode_id: str, path: str = "", status: str = OK, reason: str = "", stage: str = "", shard: str = "",
@@ -107,58 +162,3 @@ def row(episode_id: str, path: str = "", status: str = OK, reason: str = "", sta
 
 def error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-class Filtered(Exception):
-    """Raised by an episode function to drop an episode on purpose; the reason goes to the manifest."""
-
-
-def run_episode_fn(fn: Callable[[Episode], Episode], in_row: dict, stage: str, ctx: StageContext) -> dict:
-    """Apply ``fn`` to one row's episode: skip rows that are not ok, reuse finished output on resume, record failures.
-
-    The output is written under the stage directory only when ``fn`` returns a different object; a stage that leaves an
-    episode as it is forwards the input path (no copy).
-    """
-    if in_row["status"] != OK:
-        return in_row
-    out_path = ctx.episode_path(in_row["episode_id"])
-    if ctx.resume and out_path.exists():
-        return {**in_row, "path": str(out_path), "stage": stage}
-    try:
-        episode = Episode.load(in_row["path"])
-        result = fn(episode)
-        if result is episode:
-            return {**in_row, "stage": stage}
-        result.validate()
-        result.save(out_path)
-        return {**in_row, "path": str(out_path), "stage": stage}
-    except Filtered as exc:
-        return {**in_row, "status": FILTERED, "reason": str(exc), "stage": stage}
-    except Exception as exc:  # a bad row is recorded, not fatal (see manifest); the traceback goes to the log
-        logger.warning("stage %s quarantined %s: %s\n%s", stage, in_row["episode_id"], exc, traceback.format_exc())
-        return {**in_row, "status": QUARANTINED, "reason": error_reason(exc), "stage": stage}
-
-
-class EpisodeActor:
-    """Actor-pool callable for model stages: builds its model once (``setup``), then maps batches of rows.
-
-    Subclasses implement ``setup(params)`` and ``process(episode) -> Episode``.
-    """
-
-    stage_name = ""
-
-    def __init__(self, params: StageParams, ctx: StageContext):
-        self.params = params
-        self.ctx = ctx
-        self.setup(params)
-
-    def setup(self, params: StageParams) -> None:
-        pass
-
-    def process(self, episode: Episode) -> Episode:
-        raise NotImplementedError
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        out = [run_episode_fn(self.process, r, self.stage_name, self.ctx) for r in rows]
-        return {key: [r[key] for r in out] for key in batch}

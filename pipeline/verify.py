@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.episode import Episode
+from episodes import Episode
 
 logger = logging.getLogger(__name__)
 

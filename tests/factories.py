@@ -12,7 +12,7 @@ def make_episode(episode_id: str = "ep-000", num_frames: int = 6, height: int = 
 
     Noise does not survive lossy video codecs; tests that compare decoded RGB use smooth frames of their own.
     """
-    from pipeline.episode import Episode
+    from episodes import Episode
 
     rng = np.random.default_rng(seed)
     rgb, depth = {}, {}

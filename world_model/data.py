@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.episode import Episode
+from episodes import Episode, read_array, read_header_and_meta, streams
 
 logger = logging.getLogger(__name__)
 
@@ -262,21 +262,14 @@ class EpisodeInfo:
 
 def episode_info(path: str | Path) -> EpisodeInfo:
     """What the trainer needs to plan a run, without decoding the frames: id, source, robot, action dim."""
-    import json
-
-    with np.load(path, allow_pickle=False) as npz:
-        header = json.loads(str(npz["__header__"]))
-        meta = json.loads(str(npz["__meta__"]))
-        action = npz["action"] if "action" in npz.files else None
-        cameras = tuple(k.partition(".")[2] for k in npz.files if k.startswith("rgb."))
-        depth_cameras = tuple(k.partition(".")[2] for k in npz.files if k.startswith("depth_m."))
-        num_frames = int(action.shape[0]) if action is not None else (
-            int(npz[f"rgb.{cameras[0]}"].shape[0]) if cameras else 0)
+    header, meta = read_header_and_meta(path)
+    action = header["arrays"].get("action")
     return EpisodeInfo(episode_id=header["episode_id"], path=str(path), source=str(meta.get("source", "")),
-                       embodiment=embodiment_of(meta), action_dim=None if action is None else int(action.shape[1]),
-                       num_frames=num_frames, cameras=cameras, depth_cameras=depth_cameras)
+                       embodiment=embodiment_of(meta), action_dim=None if action is None else int(action["shape"][1]),
+                       num_frames=int(header["num_frames"]), cameras=tuple(streams(header, "rgb")),
+                       depth_cameras=tuple(streams(header, "depth_m")))
 
 
 def load_actions(path: str | Path) -> np.ndarray | None:
-    with np.load(path, allow_pickle=False) as npz:
-        return npz["action"].astype(np.float32) if "action" in npz.files else None
+    action = read_array(path, "action")
+    return None if action is None else action.astype(np.float32)

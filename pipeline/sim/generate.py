@@ -1,4 +1,4 @@
-"""Record one scripted tabletop episode as a ``pipeline.episode.Episode`` (plain function, no Ray), and measure speed.
+"""Record one scripted tabletop episode as a ``episodes.Episode`` (plain function, no Ray), and measure speed.
 
     episode = generate_episode(seed=7, task="stack", config=TabletopConfig(width=64, height=64))
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.episode import Episode
+from episodes import Episode
 from pipeline.sim.spec import ACTION_NAMES, STATE_NAMES
 from pipeline.sim.tabletop import BODY_PLANE, BODY_ROBOT, BODY_TABLE, TabletopConfig, TabletopEnv
 

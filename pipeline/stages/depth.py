@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.episode import _META_KEY, Episode, EpisodeError
-from pipeline.stage import (
-    OK, EpisodeActor, Resources, StageContext, StageParams, register_stage, run_episode_fn,
-)
+from episodes import Episode, EpisodeError, read_meta
+from episodes.io import atomic_write_text
+from pipeline.stage import OK, Resources, StageContext, StageParams, register_stage
 
 logger = logging.getLogger(__name__)
 
@@ -106,30 +103,6 @@ def sensor_depth(episode: Episode) -> Episode:
     return episode
 
 
-class DepthAnythingActor(EpisodeActor):
-    """One model per actor (loaded in ``setup``); ``process`` estimates and aligns one episode's depth."""
-
-    stage_name = STAGE
-
-    def setup(self, params: DepthParams) -> None:
-        from depth.estimator import DepthAnythingEstimator
-
-        self.estimator = DepthAnythingEstimator(params.estimator_config())
-        self.alignment = params.alignment_config(self.ctx.seed)
-
-    def process(self, episode: Episode) -> Episode:
-        from depth.estimator import estimate_episode_depth
-
-        estimated, _ = estimate_episode_depth(episode, self.estimator, self.alignment)
-        return estimated  # the input episode itself when every camera already had depth: no copy
-
-
-def read_episode_meta(path: str | Path) -> dict[str, Any]:
-    """An episode file's meta without loading its frames."""
-    with np.load(path, allow_pickle=False) as npz:
-        return json.loads(str(npz[_META_KEY]))
-
-
 def write_metrics(rows: list[dict], ctx: StageContext, model: str) -> dict[str, Any]:
     """Per-episode and overall (pixel-weighted) depth metrics of the estimated cameras -> depth_metrics.json."""
     from depth.metrics import DepthErrorSums
@@ -139,7 +112,7 @@ def write_metrics(rows: list[dict], ctx: StageContext, model: str) -> dict[str, 
     for r in rows:
         if r["status"] != OK:
             continue
-        info = read_episode_meta(r["path"]).get("depth") or {}
+        info = read_meta(r["path"]).get("depth") or {}
         cams = {cam: c for cam, c in (info.get("cameras") or {}).items() if c.get("metric_sums")}
         if not cams:
             continue
@@ -155,27 +128,34 @@ def write_metrics(rows: list[dict], ctx: StageContext, model: str) -> dict[str, 
     report = {"backend": "depth_anything", "model": model,
               "ground_truth": "sensor depth of the episodes (estimate_for: all)",
               "overall": total.to_json() if per_episode else None, "episodes": per_episode}
-    from pipeline.episode import atomic_write_text
-
-    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ctx.stage_dir / METRICS_FILE, json.dumps(report, indent=2))
+    atomic_write_text(ctx.path(METRICS_FILE), json.dumps(report, indent=2))
     return report
 
 
-@register_stage(STAGE, kind="transform", params=DepthParams)
-def depth(ds, params: DepthParams, ctx: StageContext):
-    """Metric depth per camera: sensor pass-through (no copy when present) or Depth Anything in an actor pool."""
-    import ray
-
-    if params.backend == "sensor":
-        return ds.map(lambda r: run_episode_fn(sensor_depth, r, STAGE, ctx) if r["status"] == OK else r,
-                      num_cpus=params.resources.num_cpus)
-    # 1:1 per episode in an actor pool: the model loads once per actor; fractional CPUs leave room for the readers.
-    out = ds.map_batches(DepthAnythingActor, fn_constructor_kwargs={"params": params, "ctx": ctx}, batch_size=1,
-                         compute=ray.data.ActorPoolStrategy(size=params.resources.concurrency or 1),
-                         num_cpus=params.resources.num_cpus, num_gpus=params.resources.num_gpus or None)
-    rows = [dict(r) for r in out.take_all()]
+def finish(rows: list[dict], params: DepthParams, ctx: StageContext) -> None:
+    if params.backend != "depth_anything":
+        return
     report = write_metrics(rows, ctx, str(params.model))
     if report["overall"] is not None:
         logger.info("depth: %s against sensor depth: %s", params.model, report["overall"])
-    return ray.data.from_items(rows) if rows else out
+
+
+@register_stage(STAGE, kind="map", params=DepthParams, finish=finish)
+class Depth:
+    """Metric depth per camera: sensor pass-through (no copy when present) or Depth Anything in an actor pool."""
+
+    def __init__(self, params: DepthParams, ctx: StageContext):
+        self.estimator = None
+        if params.backend == "depth_anything":  # the model loads once per actor
+            from depth.estimator import DepthAnythingEstimator
+
+            self.estimator = DepthAnythingEstimator(params.estimator_config())
+            self.alignment = params.alignment_config(ctx.seed)
+
+    def __call__(self, episode: Episode) -> Episode:
+        if self.estimator is None:
+            return sensor_depth(episode)
+        from depth.estimator import estimate_episode_depth
+
+        estimated, _ = estimate_episode_depth(episode, self.estimator, self.alignment)
+        return estimated  # the input episode itself when every camera already had depth: no copy

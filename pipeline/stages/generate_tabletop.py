@@ -1,10 +1,11 @@
 """Source stage: scripted Franka Panda tabletop episodes from the embedded pybullet simulator (``pipeline.sim``).
 
-Fan-out 0:N. One Ray task per episode (at most ``resources.concurrency`` at a time), each reserving ``resources.num_cpus``
-(default 1: the simulator and TinyRenderer are single-threaded, so one task per core is the most a node can use).
+Fan-out 0:N. The runner runs one Ray task per episode (at most ``resources.concurrency`` at a time), each reserving
+``resources.num_cpus`` (default 1: the simulator and TinyRenderer are single-threaded, so one task per core is the
+most a node can use).
 Episode ``i`` is seeded from ``(run seed, i)`` through ``numpy.random.SeedSequence``, so a run is reproducible and an
-episode can be regenerated alone from ``meta["seed"]`` and ``meta["sim"]["config"]``. Each episode is validated and
-written atomically to ``<stage_dir>/episodes/tabletop-000007.npz``; an episode whose generation raises becomes a
+episode can be regenerated alone from ``meta["seed"]`` and ``meta["sim"]["config"]``. The runner validates and saves
+each episode (``<stage_dir>/episodes/tabletop-000007.episode``); an episode whose generation raises becomes a
 quarantined row, and with ``keep_failures: false`` an episode whose scripted policy failed becomes a filtered row.
 
     - name: generate_tabletop
@@ -14,23 +15,13 @@ quarantined row, and with ``keep_failures: false`` an episode whose scripted pol
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.stage import (
-    FILTERED,
-    OK,
-    QUARANTINED,
-    Resources,
-    StageContext,
-    StageParams,
-    error_reason,
-    register_stage,
-    row,
-)
+from episodes import Episode
+from pipeline.stage import Filtered, Resources, StageContext, StageParams, register_stage
 
 logger = logging.getLogger(__name__)
 
@@ -99,57 +90,23 @@ def episode_seed(run_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(run_seed), int(index)]).generate_state(1)[0])
 
 
-def generate_one(item: dict, params: GenerateTabletopParams, ctx: StageContext) -> dict:
-    """Generate, validate and save one episode; returns its row (never raises for a bad episode)."""
-    index = int(item["episode_index"])
-    eid = episode_id(index)
-    out_path = ctx.episode_path(eid)
-    if ctx.resume and out_path.exists():
-        return row(eid, path=str(out_path), stage=STAGE, source=STAGE)
-    try:
-        from pipeline.sim.generate import generate_episode
-
-        seed = episode_seed(ctx.seed, index)
-        episode = generate_episode(seed, task=None, config=params.sim_config(), episode_id=eid)  # task drawn from seed
-        episode.meta["episode_index"] = index
-        episode.validate()
-        if not params.keep_failures and not episode.meta["success"]:
-            reason = f"scripted {episode.meta['task_family']} policy failed (seed {seed})"
-            return row(eid, status=FILTERED, reason=reason, stage=STAGE, source=STAGE)
-        episode.save(out_path)
-        return row(eid, path=str(out_path), status=OK, stage=STAGE, source=STAGE)
-    except Exception as exc:  # a bad episode is recorded, not fatal; the traceback goes to the log
-        logger.warning("%s: episode %s quarantined: %s\n%s", STAGE, eid, exc, traceback.format_exc())
-        return row(eid, status=QUARANTINED, reason=error_reason(exc), stage=STAGE, source=STAGE)
+def plan(params: GenerateTabletopParams, ctx: StageContext) -> list[dict]:
+    return [{"episode_id": episode_id(i), "index": i} for i in range(params.num_episodes)]
 
 
-@register_stage(STAGE, kind="source", params=GenerateTabletopParams)
-def generate_tabletop(ds, params: GenerateTabletopParams, ctx: StageContext):
+def describe(params: GenerateTabletopParams) -> dict:
+    """What later stages' checks may rely on."""
+    return {"cameras": list(params.cameras), "depth": params.depth, "actions": True}
+
+
+@register_stage(STAGE, kind="source", params=GenerateTabletopParams, plan=plan, describe=describe)
+def generate_tabletop(item: dict, params: GenerateTabletopParams, ctx: StageContext) -> Episode:
     """Scripted Franka Panda tabletop episodes (pick_place, push, stack, reach) from pybullet, one Ray task each."""
-    import ray
+    from pipeline.sim.generate import generate_episode
 
-    if ds is not None:
-        raise ValueError(f"{STAGE} is a source stage: it must come first in stages (got an input dataset)")
-    # Plain Ray tasks, not a Ray Data map: each episode is seconds of work, and Ray Data's streaming executor left
-    # about 0.15 s between tasks and started the second worker a second late (benchmarks/foundation.py measures it).
-    task = ray.remote(generate_one).options(num_cpus=params.resources.num_cpus,
-                                           num_gpus=params.resources.num_gpus or 0)
-    limit = params.resources.concurrency or params.num_episodes
-    pending, rows = [], []
-    step = max(1, params.num_episodes // 10)
-
-    def collect(done: list) -> None:
-        for row_ in ray.get(done):
-            rows.append(row_)
-            if len(rows) % step == 0 or len(rows) == params.num_episodes:
-                logger.info("%s: %d/%d episodes", STAGE, len(rows), params.num_episodes)  # progress
-
-    for i in range(params.num_episodes):
-        if len(pending) >= limit:
-            done, pending = ray.wait(pending, num_returns=1)
-            collect(done)
-        pending.append(task.remote({"episode_index": i}, params, ctx))
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        collect(done)
-    return ray.data.from_items(sorted(rows, key=lambda r: r["episode_id"]))
+    seed = episode_seed(ctx.seed, item["index"])
+    episode = generate_episode(seed, task=None, config=params.sim_config(), episode_id=item["episode_id"])
+    episode.meta["episode_index"] = item["index"]
+    if not params.keep_failures and not episode.meta["success"]:
+        raise Filtered(f"scripted {episode.meta['task_family']} policy failed (seed {seed})")
+    return episode

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.episode import Episode, EpisodeError, safe_id
+from episodes import Episode, EpisodeError, safe_id
 from pipeline.stage import QUARANTINED, Resources, StageContext, StageParams, error_reason, register_stage, row
 
 if TYPE_CHECKING:

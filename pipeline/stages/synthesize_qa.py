@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.episode import atomic_write_text
+from episodes.io import atomic_write_text
 from pipeline.stage import OK, Resources, StageContext, StageParams, error_reason, register_stage
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def synthesize_one(in_row: dict, params: SynthesizeQAParams, ctx: StageContext, 
 
         from depth.qa_dataset import encode_sample
         from depth.synthesis import synthesize_episode
-        from pipeline.episode import Episode
+        from episodes import Episode
 
         episode = Episode.load(in_row["path"])
         estimated = (episode.meta.get("depth") or {}).get("backend", "sensor") != "sensor"

@@ -71,7 +71,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.episode import _HEADER_KEY, _META_KEY, Episode, EpisodeError
+from episodes import Episode, EpisodeError
+# TODO private: ['_HEADER_KEY', '_META_KEY']
 from pipeline.stage import (
     OK, QUARANTINED, WRITTEN, Resources, StageContext, StageParams, error_reason, register_stage, row,
 )

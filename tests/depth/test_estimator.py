@@ -10,7 +10,7 @@ from depth.estimator import (
     AlignmentConfig, DepthAnythingEstimator, EstimatorConfig, apply_alignment, estimate_episode_depth, fit_alignment,
     plane_depth,
 )
-from pipeline.episode import EpisodeError
+from episodes import EpisodeError
 from tests.factories import make_episode
 
 

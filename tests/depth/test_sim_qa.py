@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from depth.sim_truth import truth_scene
+from pipeline.sim.truth import truth_scene
 from depth.spatial_qa import FAMILIES, score_record, summarize_scores
 from depth.synthesis import QAInputError, SynthesisConfig, sample_frames, sample_key, synthesize_episode
 from tests.factories import make_episode

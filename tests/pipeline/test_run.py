@@ -211,7 +211,7 @@ def test_verify_reads_shards_back_with_lerobot(finished_run, tmp_path):
     import shutil
 
     from pipeline.cli import main
-    from pipeline.episode import Episode
+    from episodes import Episode
     from pipeline.verify import verify_run
 
     report = verify_run(finished_run[0], frames_per_episode=3)

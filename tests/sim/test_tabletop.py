@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("pybullet")
 
-from pipeline.episode import Episode  # noqa: E402
+from episodes import Episode  # noqa: E402
 from pipeline.sim import TASK_FAMILIES, TabletopConfig, TabletopEnv, generate_episode  # noqa: E402
 from pipeline.sim.spec import ACTION_NAMES, STATE_NAMES, action_limits  # noqa: E402
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.episode import Episode
+from episodes import Episode
 from pipeline.stage import OK, QUARANTINED, StageContext, row, run_episode_fn
 from pipeline.stages.depth import METRICS_FILE, DepthParams, depth, sensor_depth
 from tests.factories import make_episode

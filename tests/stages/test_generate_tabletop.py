@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("pybullet")
 
-from pipeline.episode import Episode  # noqa: E402
+from episodes import Episode  # noqa: E402
 from pipeline.stage import FILTERED, OK, QUARANTINED, REGISTRY, StageContext  # noqa: E402
 from pipeline.stages.generate_tabletop import (  # noqa: E402
     GenerateTabletopParams,

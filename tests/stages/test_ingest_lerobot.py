@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.episode import Episode
+from episodes import Episode
 from pipeline.stage import OK, QUARANTINED, StageContext
 from pipeline.stages.ingest_lerobot import IngestLeRobotParams, _dequantize_metres, _ingest_row, _plan, ingest_lerobot
 from tests.factories import make_episode

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from pipeline.episode import Episode
+from episodes import Episode
 from pipeline.stage import OK, QUARANTINED, StageContext
 from pipeline.stages.ingest_videos import IngestVideosParams, _Clip, _ingest_row, ingest_videos, list_clips, read_clip
 

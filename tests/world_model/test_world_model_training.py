@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from latent_actions.model import LatentActionConfig
-from pipeline.episode import Episode
+from episodes import Episode
 from world_model.checkpoint import latest_checkpoint, load_model, load_world_model, save_checkpoint
 from world_model.data import PairData, choose_labelled
 from world_model.deterministic import DeterministicConfig
@@ -83,7 +83,7 @@ def test_alignment_makes_latents_predict_actions(squares, tmp_path):
 def test_losses_decrease_on_a_tiny_sim_dataset(tmp_path):
     pytest.importorskip("pybullet")
     from pipeline.sim.tabletop import TabletopConfig
-    from world_model.sim_data import explore_episode
+    from pipeline.sim.explore import explore_episode
 
     sim = TabletopConfig(width=32, height=32, cameras=("top", "wrist"), depth=False, segmentation=False)
     episodes = [explore_episode(seed, sim, num_frames=12) for seed in range(3)]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.episode import Episode
+from episodes import Episode
 
 SOURCE = "explore_tabletop"
 EMBODIMENT = "franka_panda"

@@ -19,7 +19,7 @@ import numpy as np
 from depth.pointcloud import Intrinsics, box_facts, gravity_from_extrinsics
 from depth.spatial_qa import SceneFacts
 from depth.synthesis import camera_pose, is_static_camera
-from pipeline.episode import Episode
+from episodes import Episode
 from pipeline.sim.spec import quat_to_matrix
 
 
