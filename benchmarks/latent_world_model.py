@@ -5,7 +5,7 @@
 
 Data (generated once, cached under ``--cache-dir``, default ``$TMPDIR/wmsynth-bench-lwm/<hash of the data spec>``):
 64x64 tabletop episodes from the embedded simulator with cameras oblique + top + wrist, a mix of random-exploration
-episodes (``world_model.sim_data.explore_episode``: diverse actions on every axis) and scripted task episodes
+episodes (``pipeline.sim.explore.explore_episode``: diverse actions on every axis) and scripted task episodes
 (pick_place, push, stack, reach). Held-out episodes come from separate seeds and are never trained on.
 
 Models (``world_model.train.train``, the loop the ``train_world_model`` stage runs inside Ray Train; here in-process so

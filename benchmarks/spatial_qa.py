@@ -4,7 +4,7 @@
 
 Episodes come from the embedded simulator (seeds 2000.., task families in turn, 2-6 objects, cameras front, oblique,
 side and top at 128x128; none of these seeds was used while developing the geometry). Every generated answer is
-scored against ground truth from the simulator's object poses and true sizes (``depth.sim_truth``), never against the
+scored against ground truth from the simulator's object poses and true sizes (``pipeline.sim.truth``), never against the
 point cloud it came from:
 
 - quantitative (distances, sizes, gripper displacement, how far an object moved): correct within 25% of the truth
@@ -57,7 +57,7 @@ def generate(num_episodes: int, image_size: int, seed_base: int, max_steps: int)
 def score_episode(episode, config):
     """(scores, skips, num_qa, cpu_s) of one synthesis variant on one episode."""
     from pipeline.sim.truth import truth_scene
-    from depth.spatial_qa import score_record
+    from depth.qa_scoring import score_record
     from depth.synthesis import synthesize_episode
 
     cpu = time.process_time()
@@ -79,7 +79,7 @@ def score_episode(episode, config):
 
 
 def summary(scores, skips: Counter) -> dict:
-    from depth.spatial_qa import summarize_scores
+    from depth.qa_scoring import summarize_scores
 
     out = summarize_scores(scores)
     reasons: Counter = Counter()

@@ -1,10 +1,14 @@
-"""Spatial question-answer synthesis from RGB-D frames, and scoring of the answers against ground truth.
+"""Spatial question-answer synthesis from RGB-D frames: the QA config, answer units, and generating the QA records of
+a frame (candidates, skips, sampling, question/answer/reasoning text).
+
+The rest of the design lives in ``depth.qa_facts`` (the facts answers are read from), ``depth.qa_families`` (the
+families, their phrasings and answers) and ``depth.qa_scoring`` (scoring against ground truth).
 
 Every answer is computed from 3D facts about objects in the *viewer frame* (x right, y forward, z up, metres; see
 ``depth.pointcloud``): the centre and the upright box (width = longer side of the horizontal footprint, height =
 vertical extent) of each object, the camera position and, when the robot state has it, the gripper position. The same
 answer functions run on two kinds of facts: *measured* ones (``SceneFacts.from_perception``, from the point cloud) to
-generate questions, and *true* ones (``depth.sim_truth``, from the simulator's object poses and true sizes) to score
+generate questions, and *true* ones (``pipeline.sim.truth``, from the simulator's object poses and true sizes) to score
 them. Nothing about the truth is used to generate or to select a question.
 
 Families (``FAMILIES``; each has four or more phrasings):
@@ -38,9 +42,9 @@ pair), before sampling ``max_per_family`` of the eligible ones.
 The gripper position comes from the robot state (``extras["ee_pose"]``, the point between the finger pads) mapped
 into the viewer frame with the camera extrinsics; only the object end of a displacement is measured from depth.
 
-Scoring (``score_record``): quantitative answers are correct within 25% of the truth (``abs(est - true) <= 0.25 *
-true``; for the displacement vector, ``|est - true| <= 0.25 * |true|``), and the 0.5x-2x rate (``0.5 <= est / true <=
-2``, on lengths) is reported too; qualitative answers must match exactly.
+Scoring (``depth.qa_scoring.score_record``): quantitative answers are correct within 25% of the truth
+(``abs(est - true) <= 0.25 * true``; for the displacement vector, ``|est - true| <= 0.25 * |true|``), and the 0.5x-2x
+rate (``0.5 <= est / true <= 2``, on lengths) is reported too; qualitative answers must match exactly.
 
 Units and rounding of answers (``format_length``): below 10 cm, centimetres with one decimal ("4.5 cm"); from 10 cm to
 1 m, whole centimetres ("23 cm"); from 1 m, metres with two decimals ("1.23 m"). The structured answer carries the
@@ -53,18 +57,20 @@ import hashlib
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from depth.pointcloud import ObjectFacts, PerceivedFrame
+from depth.qa_facts import SceneFacts, centres_in, count_of, displacements, gripper_vector, moved
+from depth.qa_families import (
+    COMPARISONS, COUNT_PHRASINGS, FAMILIES, GRIPPER_PHRASINGS, MOVED_PHRASINGS, QUANTITY_PHRASINGS, Family,
+    comparison_choice, quantity, winner,
+)
 
 logger = logging.getLogger(__name__)
 
 QA_SCHEMA_VERSION = 1
-Kind = Literal["quantitative", "qualitative"]
 
 
 # -- config ----------------------------------------------------------------------------------------------------------
@@ -106,68 +112,6 @@ class QAConfig:
         return tuple(self.families) if self.families is not None else tuple(FAMILIES)
 
 
-# -- facts -----------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SceneFacts:
-    """What the answer functions read about one frame (measured or true), viewer frame, metres."""
-
-    objects: dict[int, ObjectFacts]  # measurable objects
-    names: dict[int, str]  # every known object of the frame (measured, unmeasurable, or not visible)
-    categories: dict[int, str | None]
-    problems: dict[int, str]  # id -> reason it cannot be measured (absent = measurable)
-    camera_position_m: np.ndarray  # (3,)
-    gripper_position_m: np.ndarray | None  # (3,) or None
-    counted: dict[int, bool]  # counting: is the object in the image
-    count_uncertain: set[int] = field(default_factory=set)  # counting: cannot tell (partly out of view)
-    world_from_frame: np.ndarray | None = None  # (4, 4) viewer frame -> world, when extrinsics are known
-    static_camera: bool = True
-    has_identity: bool = True  # object ids mean the same object in every frame (segmentation ids, simulator)
-
-    @classmethod
-    def from_perception(cls, perceived: PerceivedFrame, all_labels: dict[int, tuple[str, str | None]] | None,
-                        gripper_world_m: np.ndarray | None, cam_to_world: np.ndarray | None,
-                        static_camera: bool) -> SceneFacts:
-        """Measured facts of a frame. ``all_labels`` (id -> (name, category)) lists the objects the data knows about
-        (segmentation labels); those not seen at all are ``not_visible``."""
-        names, categories = dict(perceived.names), dict(perceived.categories)
-        problems = dict(perceived.problems)
-        if all_labels:
-            for oid, (name, category) in all_labels.items():
-                if oid not in names:
-                    names[oid], categories[oid], problems[oid] = name, category, "not_visible"
-        world_from_frame = gripper = None
-        if cam_to_world is not None:
-            world_from_frame = np.asarray(cam_to_world) @ np.linalg.inv(perceived.frame.cam_to_frame)
-            if gripper_world_m is not None:
-                frame_from_world = np.linalg.inv(world_from_frame)
-                gripper = frame_from_world[:3, :3] @ np.asarray(gripper_world_m, dtype=np.float64) \
-                    + frame_from_world[:3, 3]
-        diag = perceived.diagnostics
-        counted = {oid: True for oid in perceived.names if not diag[oid]["touches_border"]}
-        uncertain = {oid for oid in perceived.names if diag[oid]["touches_border"]}
-        return cls(objects=dict(perceived.facts), names=names, categories=categories, problems=problems,
-                   camera_position_m=perceived.frame.camera_position, gripper_position_m=gripper, counted=counted,
-                   count_uncertain=uncertain, world_from_frame=world_from_frame, static_camera=static_camera,
-                   has_identity=perceived.objects_method == "segmentation")
-
-    def centre(self, oid: int) -> np.ndarray:
-        return self.objects[oid].centre_m
-
-    def distance_to_camera(self, oid: int) -> float:
-        return float(np.linalg.norm(self.centre(oid) - self.camera_position_m))
-
-
-def centres_in(scene: SceneFacts, reference: SceneFacts) -> dict[int, np.ndarray] | None:
-    """``scene``'s object centres expressed in ``reference``'s viewer frame (None if that cannot be done)."""
-    if scene.world_from_frame is not None and reference.world_from_frame is not None:
-        to_ref = np.linalg.inv(reference.world_from_frame) @ scene.world_from_frame
-        return {oid: to_ref[:3, :3] @ f.centre_m + to_ref[:3, 3] for oid, f in scene.objects.items()}
-    if scene.static_camera and reference.static_camera:
-        return {oid: f.centre_m for oid, f in scene.objects.items()}
-    return None
-
 
 # -- units -----------------------------------------------------------------------------------------------------------
 
@@ -196,204 +140,6 @@ def _xyz(v: np.ndarray) -> str:
 def _plural(category: str) -> str:
     return category + ("es" if category.endswith(("s", "x", "ch", "sh")) else "s")
 
-
-# -- families --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """A two-object comparison: the *winner* is the object with the larger (or, ``smaller_wins``, smaller) key."""
-
-    key: Callable[[SceneFacts, int], float]
-    smaller_wins: bool
-    which: tuple[str, ...]  # "Which ..., the {a} or the {b}?" heads
-    winner_rel: str  # "to the left of"
-    loser_rel: str  # "to the right of"
-    relative: bool  # margin relative (sizes) or absolute (positions)
-    describe: str  # what the key is, for the reasoning trace
-
-
-COMPARISONS: dict[str, Comparison] = {
-    "closer_to_camera": Comparison(
-        key=lambda s, o: s.distance_to_camera(o), smaller_wins=True,
-        which=("Which is closer to the camera", "Which is nearer to the viewer"),
-        winner_rel="closer to the camera than", loser_rel="farther from the camera than", relative=False,
-        describe="distance from the camera to the centre"),
-    "left_right": Comparison(
-        key=lambda s, o: float(s.centre(o)[0]), smaller_wins=True,
-        which=("Which is further to the left", "From the camera's point of view, which is more to the left"),
-        winner_rel="to the left of", loser_rel="to the right of", relative=False, describe="x (right) of the centre"),
-    "front_behind": Comparison(
-        key=lambda s, o: float(s.centre(o)[1]), smaller_wins=True,
-        which=("Which is in front", "Which is further forward, toward the camera"),
-        winner_rel="in front of", loser_rel="behind", relative=False,
-        describe="y (forward, away from the camera) of the centre"),
-    "above_below": Comparison(
-        key=lambda s, o: float(s.centre(o)[2]), smaller_wins=False,
-        which=("Which is higher up", "Which sits higher"),
-        winner_rel="above", loser_rel="below", relative=False, describe="z (up) of the centre"),
-    "taller_shorter": Comparison(
-        key=lambda s, o: s.objects[o].height_m, smaller_wins=False,
-        which=("Which is taller", "Which one is taller"),
-        winner_rel="taller than", loser_rel="shorter than", relative=True, describe="height (vertical extent)"),
-    "wider_narrower": Comparison(
-        key=lambda s, o: s.objects[o].width_m, smaller_wins=False,
-        which=("Which is wider", "Which one is wider"),
-        winner_rel="wider than", loser_rel="narrower than", relative=True,
-        describe="width (longer side of the footprint)"),
-    "bigger_smaller": Comparison(
-        key=lambda s, o: s.objects[o].volume_m3, smaller_wins=False,
-        which=("Which is bigger", "Which takes up more space"),
-        winner_rel="bigger than", loser_rel="smaller than", relative=True,
-        describe="upright-box volume (footprint x height)"),
-}
-
-# Quantity families: question templates and answer templates ({a}, {b}, {value}).
-_QUANTITY_PHRASINGS: dict[str, tuple[tuple[str, str], ...]] = {
-    "distance_between": (
-        ("How far apart are the {a} and the {b}?", "The {a} and the {b} are about {value} apart."),
-        ("What is the distance between the {a} and the {b}?", "About {value}."),
-        ("How far is the {a} from the {b}?", "The {a} is about {value} from the {b}."),
-        ("Measure the distance from the {a} to the {b}, centre to centre.", "{value} centre to centre."),
-    ),
-    "distance_to_camera": (
-        ("How far is the {a} from the camera?", "The {a} is about {value} from the camera."),
-        ("What is the distance between the camera and the {a}?", "About {value}."),
-        ("How far away from the viewer is the {a}?", "Roughly {value} away."),
-        ("Estimate the distance from the camera to the {a}.", "{value}."),
-    ),
-    "height": (
-        ("How tall is the {a}?", "The {a} is about {value} tall."),
-        ("What is the height of the {a}?", "Its height is about {value}."),
-        ("How tall is the {a} from bottom to top?", "About {value}."),
-        ("Measure the height of the {a}.", "{value}."),
-    ),
-    "width": (
-        ("How wide is the {a}?", "The {a} is about {value} wide."),
-        ("What is the width of the {a}?", "Its width is about {value}."),
-        ("How wide is the {a} across?", "About {value} across."),
-        ("Measure the width of the {a}.", "{value}."),
-    ),
-    "moved_distance": (
-        ("How far did the robot move the {a}?", "It moved the {a} about {value}."),
-        ("How far is the {a} from where it started?", "About {value} from its starting point."),
-        ("What distance was the {a} moved between the first and the last frame?", "About {value}."),
-        ("By how much did the {a}'s position change during the episode?", "By about {value}."),
-    ),
-}
-
-_GRIPPER_PHRASINGS = (
-    ("How far and which way must the gripper move to reach the {a}?", "Move about {value}: {directions}."),
-    ("Where is the {a} relative to the gripper, and how far?", "About {value} away: {directions}."),
-    ("In which direction and how far should the robot move its gripper to get to the {a}?",
-     "About {value}: {directions}."),
-    ("Give the displacement from the gripper to the {a}.", "{value}: {directions}."),
-)
-
-_COUNT_PHRASINGS = (
-    ("How many {plural} are there?", "There {are} {n} {noun}."),
-    ("Count the {plural} in the image.", "{n}."),
-    ("How many {plural} can you see?", "I can see {n} {noun}."),
-    ("What is the number of {plural} in view?", "{n}."),
-)
-
-_MOVED_PHRASINGS = (
-    ("Which object did the robot move?", "The robot moved the {x}.", "The robot did not move any object."),
-    ("Which object changed position during the episode?", "The {x}.", "None of them."),
-    ("What did the robot move between the first and the last frame?", "The {x}.", "Nothing; no object moved."),
-    ("Did the robot move an object, and if so which one?", "Yes, the {x}.", "No, no object moved."),
-)
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    kind: Kind
-    arity: int  # objects per question (0: a category)
-    answer_type: str  # "length" | "vector" | "choice" | "count"
-    num_phrasings: int
-    needs_start: bool = False  # trajectory: needs the episode's first frame too
-
-
-def _families() -> dict[str, Family]:
-    out: dict[str, Family] = {}
-    for name in ("distance_between", "distance_to_camera"):
-        out[name] = Family(name, "quantitative", 2 if name == "distance_between" else 1, "length",
-                           len(_QUANTITY_PHRASINGS[name]))
-    for name in COMPARISONS:
-        out[name] = Family(name, "qualitative", 2, "choice", 5)
-    for name in ("height", "width"):
-        out[name] = Family(name, "quantitative", 1, "length", len(_QUANTITY_PHRASINGS[name]))
-    out["count"] = Family("count", "qualitative", 0, "count", len(_COUNT_PHRASINGS))
-    out["gripper_displacement"] = Family("gripper_displacement", "quantitative", 1, "vector", len(_GRIPPER_PHRASINGS))
-    out["moved_object"] = Family("moved_object", "qualitative", 0, "choice", len(_MOVED_PHRASINGS), needs_start=True)
-    out["moved_distance"] = Family("moved_distance", "quantitative", 1, "length",
-                                   len(_QUANTITY_PHRASINGS["moved_distance"]), needs_start=True)
-    return out
-
-
-FAMILIES: dict[str, Family] = _families()
-
-
-# -- answers from facts (shared by generation and scoring) -----------------------------------------------------------
-
-
-def winner(family: str, scene: SceneFacts, a: int, b: int) -> int:
-    cmp = COMPARISONS[family]
-    ka, kb = cmp.key(scene, a), cmp.key(scene, b)
-    a_wins = ka < kb if cmp.smaller_wins else ka > kb
-    return a if a_wins else b
-
-
-def comparison_choice(family: str, phrasing: int, winner_id: int, a: int, b: int, names: dict[int, str]) -> str:
-    """The choice a phrasing's answer states, given the winner: an object name, yes/no, or a relation."""
-    cmp = COMPARISONS[family]
-    if phrasing < 2:  # "Which ...?"
-        return names[winner_id]
-    if phrasing == 2:  # "Is the {a} <winner_rel> the {b}?"
-        return "yes" if winner_id == a else "no"
-    if phrasing == 3:  # "Is the {a} <loser_rel> the {b}?"
-        return "yes" if winner_id == b else "no"
-    return cmp.winner_rel if winner_id == a else cmp.loser_rel  # "Is the {a} <winner_rel> or <loser_rel> the {b}?"
-
-
-def quantity(family: str, scene: SceneFacts, ids: list[int], start: SceneFacts | None = None) -> float:
-    if family == "distance_between":
-        return float(np.linalg.norm(scene.centre(ids[0]) - scene.centre(ids[1])))
-    if family == "distance_to_camera":
-        return scene.distance_to_camera(ids[0])
-    if family == "height":
-        return scene.objects[ids[0]].height_m
-    if family == "width":
-        return scene.objects[ids[0]].width_m
-    if family == "moved_distance":
-        return float(np.linalg.norm(displacements(start, scene)[ids[0]]))
-    raise KeyError(family)
-
-
-def gripper_vector(scene: SceneFacts, oid: int) -> np.ndarray:
-    return scene.centre(oid) - scene.gripper_position_m
-
-
-def count_of(scene: SceneFacts, category: str) -> int:
-    return sum(1 for oid, c in scene.categories.items() if c == category and scene.counted.get(oid, False))
-
-
-def displacements(start: SceneFacts, end: SceneFacts) -> dict[int, np.ndarray]:
-    """Centre displacement of every object measured in both frames, in the end frame's viewer frame."""
-    before = centres_in(start, end)
-    if before is None:
-        raise ValueError("cannot relate the two frames (moving camera without extrinsics)")
-    return {oid: end.centre(oid) - before[oid] for oid in end.objects if oid in before}
-
-
-def moved(start: SceneFacts, end: SceneFacts, threshold_m: float) -> int | None:
-    """The object with the largest displacement if it moved at least ``threshold_m``, else None."""
-    moves = {oid: float(np.linalg.norm(v)) for oid, v in displacements(start, end).items()}
-    if not moves:
-        return None
-    best = max(moves, key=moves.get)
-    return best if moves[best] >= threshold_m else None
 
 
 # -- generation ------------------------------------------------------------------------------------------------------
@@ -561,7 +307,7 @@ def _record(family: Family, candidate: Candidate, phrasing: int, scene: SceneFac
     elif family.answer_type == "length":
         value_m = quantity(name, scene, ids, start)
         text, value, unit = format_length(value_m)
-        question, answer = _QUANTITY_PHRASINGS[name][phrasing]
+        question, answer = QUANTITY_PHRASINGS[name][phrasing]
         question, answer = question.format(a=a, b=b), answer.format(a=a, b=b, value=text)
         answer = answer[0].upper() + answer[1:]
         reasoning = _quantity_reasoning(name, scene, ids, start, value_m)
@@ -570,7 +316,7 @@ def _record(family: Family, candidate: Candidate, phrasing: int, scene: SceneFac
         vector = gripper_vector(scene, ids[0])
         length = float(np.linalg.norm(vector))
         text, value, unit = format_length(length)
-        question, answer = _GRIPPER_PHRASINGS[phrasing]
+        question, answer = GRIPPER_PHRASINGS[phrasing]
         question = question.format(a=a)
         answer = answer.format(value=text, directions=_directions(vector))
         answer = answer[0].upper() + answer[1:]
@@ -585,7 +331,7 @@ def _record(family: Family, candidate: Candidate, phrasing: int, scene: SceneFac
     elif name == "count":
         category = candidate.category
         n = count_of(scene, category)
-        question, answer = _COUNT_PHRASINGS[phrasing]
+        question, answer = COUNT_PHRASINGS[phrasing]
         noun = category if n == 1 else _plural(category)
         question = question.format(plural=_plural(category))
         answer = answer.format(n=n, noun=noun, are="is" if n == 1 else "are")
@@ -595,7 +341,7 @@ def _record(family: Family, candidate: Candidate, phrasing: int, scene: SceneFac
         objects_ids = [oid for oid, c in scene.categories.items() if c == category and scene.counted.get(oid)]
     elif name == "moved_object":
         best = moved(start, scene, config.moved_threshold_m)
-        question, yes, no = _MOVED_PHRASINGS[phrasing]
+        question, yes, no = MOVED_PHRASINGS[phrasing]
         answer = yes.format(x=names[best]) if best is not None else no
         moves = displacements(start, scene)
         listing = ", ".join(f"{names[o]} {np.linalg.norm(v):.3f} m" for o, v in sorted(moves.items()))
@@ -669,69 +415,3 @@ def generate_questions(scene: SceneFacts, ref: FrameRef, config: QAConfig,
             records.append(_record(family, candidate, phrasing, scene, start, ref, config, index))
     return records, skips
 
-
-# -- scoring ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Score:
-    family: str
-    kind: Kind
-    correct: bool  # qualitative: exact; quantitative: within 25%
-    ratio: float | None = None  # quantitative: estimate / truth (lengths)
-    relative_error: float | None = None
-
-
-def score_record(record: dict[str, Any], truth: SceneFacts, truth_start: SceneFacts | None = None,
-                 config: QAConfig | None = None) -> Score:
-    """Score one record against true facts of the same frame (and of the start frame for trajectory questions)."""
-    config = config or QAConfig()
-    family, structured, ids = record["family"], record["answer_structured"], record["asked_ids"]
-    kind = FAMILIES[family].kind
-    if family in COMPARISONS:
-        win = winner(family, truth, ids[0], ids[1])
-        expected = comparison_choice(family, record["phrasing"], win, ids[0], ids[1], truth.names)
-        return Score(family, kind, structured["choice"] == expected)
-    if family == "count":
-        return Score(family, kind, structured["value"] == count_of(truth, record["category"]))
-    if family == "moved_object":
-        best = moved(truth_start, truth, config.moved_threshold_m)
-        return Score(family, kind, structured["winner_id"] == best)
-    if family == "gripper_displacement":
-        true_vec = gripper_vector(truth, ids[0])
-        est_vec = np.asarray(structured["components_m"])
-        true_len = float(np.linalg.norm(true_vec))
-        if true_len <= 0:
-            return Score(family, kind, False, ratio=math.inf, relative_error=math.inf)
-        err = float(np.linalg.norm(est_vec - true_vec)) / true_len
-        return Score(family, kind, err <= 0.25, ratio=float(np.linalg.norm(est_vec)) / true_len, relative_error=err)
-    true_value = quantity(family, truth, ids, truth_start)
-    est_value = to_metres(structured["value"], structured["unit"])
-    if true_value <= 0:  # e.g. a distance moved by an object that did not move: any positive answer is wrong
-        return Score(family, kind, est_value == true_value, ratio=math.inf, relative_error=math.inf)
-    err = abs(est_value - true_value) / true_value
-    return Score(family, kind, err <= 0.25, ratio=est_value / true_value, relative_error=err)
-
-
-def summarize_scores(scores: list[Score]) -> dict[str, Any]:
-    """Overall and per-family accuracy: quantitative within 25% and within 0.5x-2x, qualitative exact."""
-    def rate(items: list[Score], pred) -> float | None:
-        return round(sum(1 for s in items if pred(s)) / len(items), 4) if items else None
-
-    quant = [s for s in scores if s.kind == "quantitative"]
-    qual = [s for s in scores if s.kind == "qualitative"]
-    per_family: dict[str, dict[str, Any]] = {}
-    for name in sorted({s.family for s in scores}):
-        items = [s for s in scores if s.family == name]
-        entry: dict[str, Any] = {"kind": items[0].kind, "n": len(items)}
-        if items[0].kind == "quantitative":
-            entry["within_25pct"] = rate(items, lambda s: s.correct)
-            entry["within_0_5x_2x"] = rate(items, lambda s: 0.5 <= s.ratio <= 2.0)
-            entry["median_relative_error"] = round(float(np.median([s.relative_error for s in items])), 4)
-        else:
-            entry["correct"] = rate(items, lambda s: s.correct)
-        per_family[name] = entry
-    return {"quantitative_within_25pct": rate(quant, lambda s: s.correct),
-            "quantitative_within_0_5x_2x": rate(quant, lambda s: 0.5 <= s.ratio <= 2.0),
-            "qualitative_correct": rate(qual, lambda s: s.correct),
-            "num_quantitative": len(quant), "num_qualitative": len(qual), "per_family": per_family}

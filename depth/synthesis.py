@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from depth.pointcloud import Intrinsics, PerceptionConfig, perceive_frame
-from depth.spatial_qa import QA_SCHEMA_VERSION, FrameRef, QAConfig, SceneFacts, generate_questions
+from depth.geometry import Intrinsics
+from depth.pointcloud import PerceptionConfig, perceive_frame
+from depth.qa_facts import SceneFacts
+from depth.spatial_qa import QA_SCHEMA_VERSION, FrameRef, QAConfig, generate_questions
 from episodes import Episode
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from pipeline.sim.spec import ACTION_NAMES, CAMERA_NAMES, STATE_NAMES, TASK_FAMI
 _LAZY = {
     "TabletopConfig": "pipeline.sim.tabletop",
     "TabletopEnv": "pipeline.sim.tabletop",
-    "TabletopSim": "pipeline.sim.tabletop",
-    "SimState": "pipeline.sim.tabletop",
+    "TabletopSim": "pipeline.sim.simulator",
+    "SimState": "pipeline.sim.simulator",
     "generate_episode": "pipeline.sim.generate",
     "measure_render_fps": "pipeline.sim.generate",
     "time_episode": "pipeline.sim.generate",

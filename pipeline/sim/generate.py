@@ -16,7 +16,8 @@ import numpy as np
 
 from episodes import Episode
 from pipeline.sim.spec import ACTION_NAMES, STATE_NAMES
-from pipeline.sim.tabletop import BODY_PLANE, BODY_ROBOT, BODY_TABLE, TabletopConfig, TabletopEnv
+from pipeline.sim.simulator import BODY_PLANE, BODY_ROBOT, BODY_TABLE
+from pipeline.sim.tabletop import TabletopConfig, TabletopEnv
 
 logger = logging.getLogger(__name__)
 

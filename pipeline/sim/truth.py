@@ -4,7 +4,7 @@ For camera ``cam`` and frame ``t`` of an episode made by ``pipeline.sim``:
     objects   ``meta["objects"][i]`` (shape, ``size_m`` in the object's frame, ``body_id``) posed by
               ``extras["object_poses"][t, i]`` (xyz + quaternion xyzw): the corners of the true box (a sphere's box is
               its axis-aligned cube, whatever its rotation; the tray's base frame is the underside of its floor) are
-              moved into the viewer frame of the camera (``depth.pointcloud.gravity_from_extrinsics``) and measured
+              moved into the viewer frame of the camera (``depth.geometry.gravity_from_extrinsics``) and measured
               with the same upright-box code as point clouds, so width, height and centre mean the same thing.
     gripper   ``extras["ee_pose"][t, :3]`` (the point between the finger pads)
     in view   an object is counted when its true centre projects inside the image in front of the camera
@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from depth.pointcloud import Intrinsics, box_facts, gravity_from_extrinsics
-from depth.spatial_qa import SceneFacts
+from depth.boxes import box_facts
+from depth.geometry import Intrinsics, gravity_from_extrinsics
+from depth.qa_facts import SceneFacts
 from depth.synthesis import camera_pose, is_static_camera
 from episodes import Episode
 from pipeline.sim.spec import quat_to_matrix

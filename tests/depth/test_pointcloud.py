@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from depth.pointcloud import (
-    Intrinsics, PerceptionConfig, fit_support_plane, gravity_from_extrinsics, gravity_from_plane, lift_depth,
-    min_area_rectangle, occlusion_stats, perceive_frame,
-)
+from depth.boxes import min_area_rectangle
+from depth.geometry import Intrinsics, fit_support_plane, gravity_from_extrinsics, gravity_from_plane, lift_depth
+from depth.objects import occlusion_stats
+from depth.pointcloud import PerceptionConfig, perceive_frame
 from depth.synthesis import SynthesisConfig, synthesize_episode
 from tests.factories import make_episode
 

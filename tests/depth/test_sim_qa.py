@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.sim.truth import truth_scene
-from depth.spatial_qa import FAMILIES, score_record, summarize_scores
+from depth.qa_families import FAMILIES
+from depth.qa_scoring import score_record, summarize_scores
 from depth.synthesis import QAInputError, SynthesisConfig, sample_frames, sample_key, synthesize_episode
+from pipeline.sim.truth import truth_scene
 from tests.factories import make_episode
 
 

@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from depth.pointcloud import box_facts
-from depth.spatial_qa import (
-    COMPARISONS, FAMILIES, FrameRef, QAConfig, SceneFacts, format_length, generate_questions, score_record,
-    summarize_scores,
-)
+from depth.boxes import box_facts
+from depth.qa_facts import SceneFacts
+from depth.qa_families import COMPARISONS, FAMILIES
+from depth.qa_scoring import score_record, summarize_scores
+from depth.spatial_qa import FrameRef, QAConfig, format_length, generate_questions
 
 RED, BLUE, GREEN, GREY = 1, 2, 3, 4
 NAMES = {RED: "red cube", BLUE: "blue cylinder", GREEN: "green cube", GREY: "grey cube"}

@@ -171,7 +171,7 @@ def test_depth_and_calibration_match_geometry(camera):
 def test_principal_point_is_exact_for_a_rolled_camera():
     """With the camera rolled, both image axes tilt against the table, so a wrong cx or cy would bend the plane."""
     from pipeline.sim.spec import CameraSpec
-    from pipeline.sim.tabletop import BODY_TABLE, TabletopSim
+    from pipeline.sim.simulator import BODY_TABLE, TabletopSim
     from pipeline.sim.tasks import sample_scene
 
     scene = sample_scene(4, "reach", 3, ["front"], 48, 40, fps=10, physics_hz=240)
