@@ -179,7 +179,7 @@ class Episode:
             for key, spec in header["arrays"].items():
                 if keys is not None and key not in keys:
                     continue
-                arr = _decode(zf.read(f"{key}.bin"), spec, f"{where}: {key}")
+                arr = _decode(_member(zf, f"{key}.bin", where), spec, f"{where}: {key}")
                 prefix, _, name = key.partition(".")
                 if prefix in ("state", "action"):
                     setattr(episode, prefix, arr)
@@ -221,7 +221,7 @@ def read_array(path: fileio.PathLike, key: str) -> np.ndarray | None:
     """One array (e.g. ``action``) or None when the file has no such key."""
     with fileio.open_file(path) as f, _open_zip(f, str(path)) as zf:
         spec = _read_header(zf, str(path))["arrays"].get(key)
-        return None if spec is None else _decode(zf.read(f"{key}.bin"), spec, f"{path}: {key}")
+        return None if spec is None else _decode(_member(zf, f"{key}.bin", str(path)), spec, f"{path}: {key}")
 
 
 def streams(header: dict[str, Any], prefix: str) -> list[str]:
@@ -278,12 +278,21 @@ def _open_zip(f, where: str) -> zipfile.ZipFile:
         raise EpisodeError(where, "file", f"not an episode file ({type(exc).__name__}: {exc})") from None
 
 
-def _read_json(zf: zipfile.ZipFile, member: str, where: str) -> dict[str, Any]:
+def _member(zf: zipfile.ZipFile, member: str, where: str) -> bytes:
     try:
-        return json.loads(zf.read(member))
+        return zf.read(member)
     except KeyError:
         raise EpisodeError(where, member, "missing: not an episode file written by episodes.format") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise EpisodeError(where, member, f"corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def _read_json(zf: zipfile.ZipFile, member: str, where: str) -> dict[str, Any]:
+    try:
+        return json.loads(_member(zf, member, where))
     except ValueError as exc:
+        if isinstance(exc, EpisodeError):
+            raise
         raise EpisodeError(where, member, f"not valid JSON ({exc})") from None
 
 

@@ -3,6 +3,7 @@
     output_dir: runs/demo        # the run directory (stage outputs, shards, manifest.json)
     ray_address: ""              # "" = start a local Ray; "auto" or ray://host:port = join a cluster (RAY_ADDRESS wins)
     seed: 0
+    keep_intermediates: true     # false: delete the stages' episode files once every episode reached its fate
     stages:
       - name: generate_tabletop
         params: {num_episodes: 24}
@@ -48,9 +49,11 @@ class RunConfig:
     seed: int
     stages: list[StageConfig]
     source_file: str = ""
+    keep_intermediates: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"output_dir": self.output_dir, "ray_address": self.ray_address, "seed": self.seed,
+                "keep_intermediates": self.keep_intermediates,
                 "stages": [{"name": s.name, "params": s.params.model_dump(mode="json")} for s in self.stages]}
 
     def stage(self, name: str) -> StageConfig:
@@ -60,7 +63,7 @@ class RunConfig:
         raise KeyError(name)
 
 
-_TOP_LEVEL = {"output_dir", "ray_address", "seed", "stages"}
+_TOP_LEVEL = {"output_dir", "ray_address", "seed", "keep_intermediates", "stages"}
 
 
 def _format_loc(prefix: str, loc: tuple) -> str:
@@ -149,6 +152,9 @@ def parse_config(raw: Any, overrides: list[str] | None = None, source: str = "st
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         errors.append(f"seed: expected an integer, got {seed!r}")
+    keep = raw.get("keep_intermediates", True)
+    if not isinstance(keep, bool):
+        errors.append(f"keep_intermediates: expected true or false, got {keep!r}")
 
     stages: list[StageConfig] = []
     raw_stages = raw.get("stages")
@@ -187,7 +193,8 @@ def parse_config(raw: Any, overrides: list[str] | None = None, source: str = "st
             errors.append(f"stages[{i}]: source {stages[i].name!r} must come before every other stage")
     if errors:
         raise ConfigError(errors, source)
-    return RunConfig(output_dir=out, ray_address=ray_address, seed=seed, stages=stages, source_file=source)
+    return RunConfig(output_dir=out, ray_address=ray_address, seed=seed, stages=stages, source_file=source,
+                     keep_intermediates=keep)
 
 
 def _names(kind: str) -> str:

@@ -112,25 +112,21 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
     timings: list[dict[str, Any]] = []
     rows: list[dict[str, str]] = []
     artifacts: dict[str, Any] = {}
-    key = ""
+    plan = _plan(config, store, resume and only is None)
     try:
         for index, stage in enumerate(config.stages):
             spec = REGISTRY[stage.name]
-            stage_dir = store.stage_dir(index, stage.name)
-            p_hash = params_hash(stage.params)
-            input_key, key = key, stage_key(stage.name, p_hash, key, config.seed)
-            success = store.success(stage_dir)
-            matches = bool(success) and success.get("key") == key
+            stage_dir, p_hash, input_key, key, success = plan[index]
             if only is not None and stage.name != only:
                 if names.index(only) < index:
                     break  # stages after --only do not run
                 if not success:
                     raise RunError(f"--only {only}: earlier stage {stage.name!r} has not completed in "
                                    f"{store.run_dir}; run the whole pipeline (or --resume) first")
-                rows, key = store.read_rows(stage_dir), success.get("key", key)
+                rows = store.read_rows(stage_dir)
                 artifacts.update(store.load_artifacts(success.get("artifacts", {})))
                 continue
-            if resume and only is None and matches:
+            if success is not None and success.get("reuse"):
                 rows = store.read_rows(stage_dir)
                 artifacts.update(store.load_artifacts(success.get("artifacts", {})))
                 logger.info("stage %s: complete in an earlier run with the same params and inputs, %s", stage.name,
@@ -138,11 +134,8 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
                 timings.append(_stage_entry(store, stage.name, 0.0, True, rows, stage_dir))
                 continue
             started = store.started(stage_dir)
-            keep_episodes = (resume and only is None and started is not None
+            keep_episodes = (resume and only is None and started is not None and success is None
                              and started.get("params_hash") == p_hash and started.get("input_key") == input_key)
-            if resume and success and not matches:
-                logger.info("stage %s: %s changed since it last ran: re-running it and every stage after it",
-                            stage.name, "its params" if success.get("params_hash") != p_hash else "its input")
             store.start_stage(stage_dir, stage.name, p_hash, input_key, fresh=not keep_episodes)
             ctx = StageContext(run_dir=store.run_dir, stage_dir=stage_dir, stage=stage.name, seed=config.seed,
                                resume=keep_episodes, index=index, artifacts=dict(artifacts))
@@ -164,7 +157,12 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
             logger.info("stage %s done in %.1f s: %s", stage.name, seconds, _counts(rows))
             timings.append(_stage_entry(store, stage.name, seconds, False, rows, stage_dir))
             log.publish()
+        removed = None
+        if not config.keep_intermediates and only is None and not any(r["status"] == OK for r in rows):
+            removed = remove_intermediates(store, plan)
         manifest = build_manifest(config, store, rows, timings, partial=only is not None, started_at=started_at)
+        if removed is not None:
+            manifest["intermediates_removed_bytes"] = removed
         fileio.atomic_write_text(store.path(MANIFEST), _json(manifest))
     finally:
         if started_ray:
@@ -173,6 +171,55 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
             ray.shutdown()
         log.close()
     return manifest
+
+
+def _plan(config: RunConfig, store: RunStore, resume: bool) -> list[tuple[str, str, str, str, dict | None]]:
+    """Per stage: (dir, params hash, input key, key, _SUCCESS marker with ``reuse`` set when --resume may skip it).
+
+    A finished stage is reused when its key matches and every stage before it is reused. When a stage must run
+    again and an earlier stage's episode files were deleted (``keep_intermediates: false``), the runner goes back
+    to that earlier stage: its outputs are the re-run's inputs.
+    """
+    plan, key = [], ""
+    for index, stage in enumerate(config.stages):
+        stage_dir = store.stage_dir(index, stage.name)
+        p_hash = params_hash(stage.params)
+        input_key, key = key, stage_key(stage.name, p_hash, key, config.seed)
+        plan.append((stage_dir, p_hash, input_key, key, store.success(stage_dir)))
+    first_rerun = len(plan)
+    for index, (_, p_hash, _, key, success) in enumerate(plan):
+        if not (resume and success and success.get("key") == key):
+            first_rerun = index
+            if resume and success:
+                logger.info("stage %s: %s changed since it last ran: re-running it and every stage after it",
+                            config.stages[index].name,
+                            "its params" if success.get("params_hash") != p_hash else "its input")
+            break
+    if first_rerun < len(plan):
+        removed = [i for i in range(first_rerun) if (plan[i][4] or {}).get("intermediates_removed")]
+        if removed:
+            logger.info("stage %s: its episode files were removed (keep_intermediates: false): re-running from it",
+                        config.stages[removed[0]].name)
+            first_rerun = removed[0]
+    for index in range(first_rerun):
+        plan[index][4]["reuse"] = True
+    return plan
+
+
+def remove_intermediates(store: RunStore, plan) -> int:
+    """Delete every stage's episode files (the shards hold the episodes now); returns the bytes freed."""
+    freed = 0
+    for stage_dir, *_, success in plan:
+        episodes_dir = fileio.join(stage_dir, "episodes")
+        for path in fileio.listdir(episodes_dir):
+            fs, inner = fileio.filesystem(path)
+            freed += int(fs.size(inner) or 0)
+        fileio.remove(episodes_dir, recursive=True)
+        marker = store.success(stage_dir)
+        if marker is not None:
+            store.finish_stage(stage_dir, {**marker, "intermediates_removed": True})
+    logger.info("removed intermediate episode files: %.1f MB", freed / 1e6)
+    return freed
 
 
 def _execute(spec, rows, params, ctx, store) -> list[dict[str, str]]:

@@ -116,4 +116,44 @@ def test_relative_output_dir_becomes_absolute(tmp_path, monkeypatch):
     # Episode paths in rows live under the run dir, and Ray workers (Ray Train's in particular) run elsewhere.
     monkeypatch.chdir(tmp_path)
     config = parse_config({"output_dir": "runs/demo", "stages": [{"name": "generate_tabletop"}]})
-    assert config.output_dir == tmp_path / "runs" / "demo" and config.output_dir.is_absolute()
+    assert config.output_dir == str(tmp_path / "runs" / "demo")
+
+
+def test_urls_are_kept_and_unknown_schemes_refused(tmp_path):
+    stages = [{"name": "generate_tabletop"}]
+    assert parse_config({"output_dir": "s3://bucket/runs/demo/", "stages": stages}).output_dir == \
+        "s3://bucket/runs/demo"
+    assert parse_config({"output_dir": f"file://{tmp_path}/r", "stages": stages}).output_dir == f"{tmp_path}/r"
+    with pytest.raises(ConfigError, match="output_dir: unknown URL scheme 'nosuch'"):
+        parse_config({"output_dir": "nosuch://bucket/run", "stages": stages})
+    with pytest.raises(ConfigError, match="keep_intermediates: expected true or false"):
+        parse_config({"output_dir": str(tmp_path), "keep_intermediates": "no", "stages": stages})
+
+
+def test_sources_come_before_other_stages(tmp_path):
+    raw = {"output_dir": str(tmp_path / "r"), "stages": [{"name": "generate_tabletop"}, {"name": "depth"},
+                                                          {"name": "generate_tabletop"}]}
+    with pytest.raises(ConfigError, match=r"stages\[2\]: source 'generate_tabletop' must come before"):
+        parse_config(raw)
+
+
+def test_data_checks_report_every_problem_with_its_path(tmp_path, capsys):
+    from pipeline.checks import check_run
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    raw = {"output_dir": str(tmp_path / "r"), "stages": [{"name": "generate_tabletop"}, {"name": "write_lerobot"}]}
+    assert check_run(parse_config(raw)) == []
+    config = parse_config(raw)
+    config.output_dir = str(blocker / "run")
+    assert [e.split(":")[0] for e in check_run(config)] == ["output_dir"]
+
+
+def test_cli_validate_and_verbosity_flags(tmp_path, capsys):
+    good = _write(tmp_path, yaml.safe_dump({"output_dir": str(tmp_path / "r"),
+                                            "stages": [{"name": "generate_tabletop"}]}))
+    assert main(["validate", str(good), "-q"]) == 0
+    assert main(["-v", "validate", str(good), "--no-data"]) == 0
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("wmsynth ")

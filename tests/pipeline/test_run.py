@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from episodes import Episode
 from pipeline.config import parse_config
 from pipeline.run import RunError, run
 
@@ -75,22 +76,23 @@ def test_resume_after_interruption_redoes_only_missing_work(finished_run, tmp_pa
     shutil.copytree(src_dir, run_dir)
     config = parse_config(tiny_config(run_dir))
     gen_dir = run_dir / "stages" / "00_generate_tabletop"
-    reference = np.load(gen_dir / "episodes" / "tabletop-000002.npz")["rgb.front"]
+    reference = Episode.load(gen_dir / "episodes" / "tabletop-000002.episode").rgb["front"]
     # The state a kill during the generate stage leaves: one episode missing, no stage marked complete, one shard
     # already written from an earlier attempt and a stale temp shard directory.
-    (gen_dir / "episodes" / "tabletop-000002.npz").unlink()
+    (gen_dir / "episodes" / "tabletop-000002.episode").unlink()
+    (gen_dir / "done" / "tabletop-000002.json").unlink()
     for stage_dir in (run_dir / "stages").iterdir():
         (stage_dir / "_SUCCESS").unlink()
     shutil.rmtree(run_dir / "shards" / "shard-00001")
     (run_dir / "shards" / ".tmp-shard-00001-deadbeef").mkdir()
     (run_dir / "manifest.json").unlink()
-    kept = _snapshot(sorted((gen_dir / "episodes").glob("*.npz")) + [run_dir / "shards" / "shard-00000" / "meta"])
+    kept = _snapshot(sorted((gen_dir / "episodes").glob("*.episode")) + [run_dir / "shards" / "shard-00000" / "meta"])
 
     manifest = run(config, resume=True)
 
     assert manifest["counts"] == {"written": 4, "total": 4}
     assert _snapshot(list(kept)) == kept, "finished episodes or shards were redone"
-    regenerated = np.load(gen_dir / "episodes" / "tabletop-000002.npz")["rgb.front"]
+    regenerated = Episode.load(gen_dir / "episodes" / "tabletop-000002.episode").rgb["front"]
     np.testing.assert_array_equal(regenerated, reference)  # deterministic for the seed
     assert sorted(p.name for p in (run_dir / "shards").iterdir()) == ["shard-00000", "shard-00001"]
     shard_of = {e["episode_id"]: e["shard"] for e in manifest["episodes"]}
@@ -107,6 +109,53 @@ def test_resume_of_a_complete_run_does_nothing(finished_run, tmp_path):
     assert all(t["resumed"] for t in manifest["stages"])
     assert manifest["counts"] == {"written": 4, "total": 4}
     assert [t.get("report") for t in manifest["stages"]] == [None, {"abs_rel": 0.01}, None]
+
+
+def test_resume_after_a_param_change_reruns_that_stage_and_later_only(finished_run, tmp_path, caplog):
+    import shutil
+
+    run_dir = tmp_path / "tiny"
+    shutil.copytree(finished_run[0], run_dir)
+    gen_episodes = sorted((run_dir / "stages" / "00_generate_tabletop" / "episodes").glob("*.episode"))
+    kept = _snapshot(gen_episodes)
+    changed = tiny_config(run_dir, episodes_per_shard=4)  # only the last stage's params differ
+    with caplog.at_level("INFO", logger="pipeline.run"):
+        manifest = run(parse_config(changed), resume=True)
+    assert [t["resumed"] for t in manifest["stages"]] == [True, True, False]
+    assert "write_lerobot: its params changed" in caplog.text
+    assert [s["episodes"] for s in manifest["shards"]] == [4]
+    assert _snapshot(gen_episodes) == kept
+
+    caplog.clear()
+    upstream = tiny_config(run_dir, episodes_per_shard=4)
+    upstream["stages"][0]["params"]["max_steps"] = 10  # an upstream change re-runs everything after it
+    with caplog.at_level("INFO", logger="pipeline.run"):
+        manifest = run(parse_config(upstream), resume=True)
+    assert [t["resumed"] for t in manifest["stages"]] == [False, False, False]
+    assert "generate_tabletop: its params changed" in caplog.text
+    assert max(Episode.load(p).num_frames for p in gen_episodes) <= 10
+
+
+def test_manifest_records_versions_and_relative_paths(finished_run):
+    run_dir, manifest = finished_run
+    assert manifest["versions"]["torch"] and manifest["versions"]["ray"] and manifest["versions"]["lerobot"]
+    assert "git_commit" in manifest["versions"] and manifest["ray_nodes"] >= 1
+    assert manifest["started_at"] <= manifest["finished_at"]
+    assert manifest["shards_dir"] == "shards"
+    assert [t["dir"] for t in manifest["stages"]] == ["stages/00_generate_tabletop", "stages/01_depth",
+                                                      "stages/02_write_lerobot"]
+    rows = (run_dir / "stages" / "01_depth" / "rows.jsonl").read_text()
+    assert str(run_dir) not in rows and "stages/00_generate_tabletop/episodes/tabletop-000000.episode" in rows
+    assert "stage write_lerobot" in (run_dir / "run.log").read_text()
+
+
+def test_a_run_directory_can_move(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "moved"
+    shutil.copytree(finished_run[0], run_dir)
+    manifest = run(parse_config(tiny_config(run_dir)), resume=True)
+    assert all(t["resumed"] for t in manifest["stages"]) and manifest["run_dir"] == str(run_dir)
 
 
 def test_only_reruns_one_stage_from_persisted_input(finished_run, tmp_path):
@@ -189,11 +238,11 @@ def test_cli_killed_run_resumes_without_loss(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     episodes = run_dir / "stages" / "00_generate_tabletop" / "episodes"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(episodes.glob("*.npz"))) < 2 and proc.poll() is None:
+    while time.monotonic() < deadline and len(list(episodes.glob("*.episode"))) < 2 and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    partial = len(list(episodes.glob("*.npz")))
+    partial = len(list(episodes.glob("*.episode")))
     assert 2 <= partial < 6, f"kill landed at {partial} episodes; expected mid-stage"
     assert not (run_dir / "manifest.json").exists()
 
@@ -211,7 +260,6 @@ def test_verify_reads_shards_back_with_lerobot(finished_run, tmp_path):
     import shutil
 
     from pipeline.cli import main
-    from episodes import Episode
     from pipeline.verify import verify_run
 
     report = verify_run(finished_run[0], frames_per_episode=3)
@@ -225,7 +273,7 @@ def test_verify_reads_shards_back_with_lerobot(finished_run, tmp_path):
     for shard in (run_dir / "shards").iterdir():
         prov = shard / "meta" / "wmsynth_provenance.json"
         prov.write_text(prov.read_text().replace(str(finished_run[0]), str(run_dir)))
-    for path in (run_dir / "stages" / "00_generate_tabletop" / "episodes").glob("*.npz"):
+    for path in (run_dir / "stages" / "00_generate_tabletop" / "episodes").glob("*.episode"):
         episode = Episode.load(path)
         episode.depth_m = {cam: d * np.float32(1.05) for cam, d in episode.depth_m.items()}
         episode.save(path)
