@@ -1,4 +1,5 @@
-"""ingest_lerobot: tiny LeRobot v3 datasets written with lerobot's own writer, read back through the stage on Ray."""
+"""ingest_lerobot: tiny LeRobot v3 datasets written with lerobot's own writer, read back through the runner on Ray, its
+plan/fn/check called directly, and the same dataset from a memory:// URL."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from episodes import Episode
+from episodes import Episode, EpisodeError
+from pipeline.checks import check_run
+from pipeline.config import parse_config
+from pipeline.lerobot_read import dequantize_metres
+from pipeline.run import run
 from pipeline.stage import OK, QUARANTINED, StageContext
-from pipeline.stages.ingest_lerobot import IngestLeRobotParams, _dequantize_metres, _ingest_row, _plan, ingest_lerobot
+from pipeline.stages.ingest_lerobot import IngestLeRobotParams, describe, ingest_lerobot, plan, resolve
+from pipeline.store import RunStore
 from tests.factories import make_episode
 
 FPS = 10
@@ -73,19 +79,36 @@ def datasets(tmp_path_factory):
     }
 
 
-def ctx_for(tmp_path: Path, resume: bool = False) -> StageContext:
-    return StageContext(run_dir=tmp_path, stage_dir=tmp_path / "stages" / "00_ingest_lerobot", seed=0, resume=resume,
-                        index=0)
+def ctx_for(tmp_path: Path) -> StageContext:
+    return StageContext(run_dir=str(tmp_path), stage_dir=str(tmp_path / "stages" / "00_ingest_lerobot"),
+                        stage="ingest_lerobot", seed=0, resume=False, index=0)
 
 
-def test_round_trip_with_depth_and_a_nan_episode(ray_session, datasets, tmp_path):
+def ingest(params: IngestLeRobotParams, tmp_path: Path) -> dict[str, Episode | EpisodeError]:
+    """The stage's plan and function in this process (no Ray): each episode (validated) or the error it raised."""
+    ctx = ctx_for(tmp_path)
+    out: dict[str, Episode | EpisodeError] = {}
+    for item in plan(params, ctx):
+        try:
+            out[item["episode_id"]] = ingest_lerobot(item, params, ctx)
+            out[item["episode_id"]].validate()
+        except EpisodeError as exc:
+            out[item["episode_id"]] = exc
+    return out
+
+
+def config(run_dir: Path, **params) -> dict:
+    return {"output_dir": str(run_dir), "stages": [{"name": "ingest_lerobot", "params": params}]}
+
+
+def test_round_trip_through_the_runner_with_depth_and_a_nan_episode(ray_session, datasets, tmp_path):
     root, sources = datasets["rig"]
     # One task at a time: each new Ray worker spends ~12 s importing lerobot (torch, torchvision, datasets) on this
     # machine, and with 2 cores a second worker does not make 3 tiny episodes any faster.
-    params = IngestLeRobotParams(root=str(root), resources={"num_cpus": 1, "concurrency": 1})
-    rows = ingest_lerobot(None, params, ctx_for(tmp_path)).take_all()
-    by_id = {r["episode_id"]: r for r in rows}
-    assert sorted(by_id) == ["rig-ep000000", "rig-ep000001", "rig-ep000002"]
+    run_dir = tmp_path / "run"
+    run(parse_config(config(run_dir, root=str(root), resources={"num_cpus": 1, "concurrency": 1})))
+    store = RunStore(str(run_dir))
+    by_id = {r["episode_id"]: r for r in store.read_rows(store.stage_dir(0, "ingest_lerobot"))}
     assert {i: r["status"] for i, r in by_id.items()} == {
         "rig-ep000000": OK, "rig-ep000001": QUARANTINED, "rig-ep000002": OK}
 
@@ -114,11 +137,13 @@ def test_round_trip_with_depth_and_a_nan_episode(ray_session, datasets, tmp_path
         assert ep.meta["action_names"] == src.meta["action_names"]
 
 
-def test_action_less_dataset_and_episode_selection(ray_session, datasets, tmp_path):
+def test_action_less_dataset_and_episode_selection(datasets, tmp_path):
     root, sources = datasets["noact"]
-    rows = ingest_lerobot(None, IngestLeRobotParams(root=str(root), episodes=[1]), ctx_for(tmp_path)).take_all()
-    assert [(r["episode_id"], r["status"]) for r in rows] == [("noact-ep000001", OK)]
-    ep = Episode.load(rows[0]["path"])
+    params = IngestLeRobotParams(root=str(root), episodes=[1])
+    assert describe(params) == {"cameras": ["front"], "depth": False, "actions": False}
+    episodes = ingest(params, tmp_path)
+    assert list(episodes) == ["noact-ep000001"]
+    ep = episodes["noact-ep000001"]
     assert ep.action is None and ep.meta["action_names"] is None and ep.depth_m == {}
     np.testing.assert_array_equal(ep.state, sources[1].state)
     assert np.abs(ep.rgb["front"].astype(int) - sources[1].rgb["front"]).mean() < 2.0
@@ -126,42 +151,90 @@ def test_action_less_dataset_and_episode_selection(ray_session, datasets, tmp_pa
     assert np.abs(ep.rgb["front"].astype(int) - sources[0].rgb["front"]).mean() > 20
 
 
-def test_key_mapping_errors_name_the_key_and_the_dataset(datasets, tmp_path):
+def test_memory_url_ingests_the_same_as_the_local_root_fetching_only_the_episode(datasets, tmp_path, monkeypatch):
+    """A dataset on a non-local filesystem (fsspec memory://, in this process): each task copies meta/ and only its
+    episode's mapped files to a temporary directory, and the episodes equal those read from the local root."""
+    import fsspec
+
+    import pipeline.lerobot_read
+
+    root, _ = datasets["rig"]
+    fs = fsspec.filesystem("memory")
+    for file in root.rglob("*"):
+        if file.is_file():
+            fs.pipe(f"/bucket/rig/{file.relative_to(root).as_posix()}", file.read_bytes())
+    fetched = []
+    real_fetch = pipeline.lerobot_read.fetch
+    monkeypatch.setattr(pipeline.lerobot_read, "fetch", lambda path, local: (fetched.append(path),
+                                                                             real_fetch(path, local)))
+    mapping = {"cameras": {"front": "observation.images.front"}, "depth": {}, "episodes": [0, 1]}
+    try:
+        url = "memory://bucket/rig"
+        assert check_run(parse_config(config(tmp_path / "run", root=url, **mapping)), storage=False) == []
+        remote = ingest(IngestLeRobotParams(root=url, **mapping), tmp_path / "remote")
+    finally:
+        fs.rm("/bucket", recursive=True)
+    local = ingest(IngestLeRobotParams(root=str(root), **mapping), tmp_path / "local")
+    assert sorted(remote) == sorted(local) == ["rig-ep000000", "rig-ep000001"]
+    ep, want = remote["rig-ep000000"], local["rig-ep000000"]
+    np.testing.assert_array_equal(ep.rgb["front"], want.rgb["front"])
+    np.testing.assert_array_equal(ep.state, want.state)
+    np.testing.assert_array_equal(ep.action, want.action)
+    assert ep.depth_m == {} and ep.task == want.task and ep.fps == want.fps
+    assert ep.meta["source_uri"] == "memory://bucket/rig#episode=0"
+    assert isinstance(remote["rig-ep000001"], EpisodeError) and "NaN" in str(remote["rig-ep000001"])
+    assert "memory://bucket/rig#episode=1" in str(remote["rig-ep000001"])
+    # per episode: its data file and the one mapped video (the depth video is not mapped, so never copied)
+    assert all(p.startswith("memory://bucket/rig/") for p in fetched) and len(fetched) == 4
+    assert not any("observation.depth" in p for p in fetched)
+    assert sum(p.endswith(".parquet") for p in fetched) == 2
+
+
+def test_check_reports_problems_under_the_yaml_field(datasets, tmp_path):
     root, _ = datasets["rig"]
     noact, _ = datasets["noact"]
     cases = [
-        (dict(root=str(root), cameras={"front": "observation.images.top"}), "'observation.images.top'"),
-        (dict(root=str(root), depth={"front": "observation.state"}), "not a depth map"),
-        (dict(root=str(root), cameras={"front": "observation.depth.front"}), "not an RGB"),
-        (dict(root=str(noact), action_key="action"), "'action'"),  # asked for explicitly: must exist
-        (dict(root=str(noact), state_key="observation.joints"), "'observation.joints'"),
-        (dict(root=str(root), episodes=[0, 7]), "episodes [7]"),
+        (dict(root=str(root), cameras={"front": "observation.images.top"}), "cameras.front",
+         f"'observation.images.top' is not a feature of LeRobot dataset {root}"),
+        (dict(root=str(root), depth={"front": "observation.state"}), "depth.front", "not a depth map"),
+        (dict(root=str(root), cameras={"front": "observation.depth.front"}), "cameras.front", "not an RGB"),
+        (dict(root=str(noact), action_key="action"), "action_key", "'action'"),  # asked for explicitly: must exist
+        (dict(root=str(noact), state_key="observation.joints"), "state_key", "'observation.joints'"),
+        (dict(root=str(root), episodes=[0, 7]), "episodes", "episodes [7]"),
+        (dict(root=str(tmp_path / "missing")), "root", "does not exist"),
+        (dict(root=str(tmp_path)), "root", "no meta/info.json"),
+        (dict(root="memory://wmsynth-test-nothing-here/ds"), "root", "does not exist"),
+        (dict(root="nosuch://bucket/ds"), "root", "unknown URL scheme 'nosuch'"),
     ]
-    for kwargs, fragment in cases:
-        with pytest.raises(ValueError) as info:
-            ingest_lerobot(None, IngestLeRobotParams(**kwargs), ctx_for(tmp_path))
-        assert fragment in str(info.value), (kwargs, str(info.value))
-        assert str(kwargs["root"]) in str(info.value)
+    for params, field, fragment in cases:
+        errors = check_run(parse_config(config(tmp_path / "run", **params)), storage=False)
+        assert len(errors) == 1, (params, errors)
+        assert errors[0].startswith(f"stages[0].params.{field}: ") and fragment in errors[0], (params, errors)
+        assert params["root"].split("://")[-1] in errors[0]
 
     # the defaults may be absent: action-less data is normal input
-    _, plan = _plan(IngestLeRobotParams(root=str(noact)))
-    assert plan.action_key is None and plan.state_key == "observation.state" and plan.depth == {}
-    _, plan = _plan(IngestLeRobotParams(root=str(root)))
-    assert plan.cameras == {"front": "observation.images.front"} and plan.depth == {"front": "observation.depth.front"}
+    resolved = resolve(IngestLeRobotParams(root=str(noact)))
+    keys = resolved.keys
+    assert not resolved.problems and keys.action_key is None and keys.state_key == "observation.state" and keys.depth == {}
+    keys = resolve(IngestLeRobotParams(root=str(root))).keys
+    assert keys.cameras == {"front": "observation.images.front"} and keys.depth == {"front": "observation.depth.front"}
+    assert describe(IngestLeRobotParams(root=str(root))) == {"cameras": ["front"], "depth": True, "actions": True}
+
+    with pytest.raises(ValueError, match="cameras.front: 'observation.images.top'"):  # the plan's last resort
+        plan(IngestLeRobotParams(root=str(root), cameras={"front": "observation.images.top"}), ctx_for(tmp_path))
 
 
 def test_params_validation(tmp_path):
-    with pytest.raises(ValidationError, match="does not exist"):
-        IngestLeRobotParams(root=str(tmp_path / "missing"))
-    with pytest.raises(ValidationError, match="no meta/info.json"):
-        IngestLeRobotParams(root=str(tmp_path))
     with pytest.raises(ValidationError, match="give root"):
         IngestLeRobotParams()
-    with pytest.raises(ValidationError, match="local directory"):
-        IngestLeRobotParams(root="s3://bucket/dataset")
     with pytest.raises(ValidationError, match="not in cameras"):
         IngestLeRobotParams(repo_id="lerobot/pusht", cameras={"top": "observation.image"}, depth={"front": "d"})
+    with pytest.raises(ValidationError, match="duplicate episode"):
+        IngestLeRobotParams(root="ds", episodes=[1, 1])
+    IngestLeRobotParams(root="s3://bucket/dataset")  # a URL root: read from object storage
     IngestLeRobotParams(repo_id="lerobot/pusht", root=str(tmp_path / "download_here"))  # download target
+    [(field, message)] = resolve(IngestLeRobotParams(root=str(tmp_path / "missing"))).problems
+    assert field == "root" and "set repo_id to download it there" in message
 
 
 def edited_copy(src: Path, dst: Path, edit) -> Path:
@@ -174,42 +247,36 @@ def edited_copy(src: Path, dst: Path, edit) -> Path:
     return root
 
 
-def test_fps_and_shape_mismatch_and_resume(datasets, tmp_path):
+def test_fps_and_shape_mismatch_and_missing_video(datasets, tmp_path):
     """Per-episode checks run in the task function; called directly here (no Ray) to keep the test fast."""
     src, _ = datasets["rig"]
 
+    def one(root: Path, index: int):
+        params = IngestLeRobotParams(root=str(root), episodes=[index])
+        [item] = plan(params, ctx_for(tmp_path))
+        return ingest_lerobot(item, params, ctx_for(tmp_path))
+
     root = edited_copy(src, tmp_path / "rig15", lambda info: info.update(fps=15))  # videos are still 10 fps
-    _, plan = _plan(IngestLeRobotParams(root=str(root)))
-    out = _ingest_row({"episode_index": 0}, plan, ctx_for(tmp_path))
-    assert out["status"] == QUARANTINED
-    assert "'fps'" in out["reason"] and "10 fps" in out["reason"] and "15 fps" in out["reason"]
+    with pytest.raises(EpisodeError) as info:
+        one(root, 0)
+    assert "'fps'" in str(info.value) and "10 fps" in str(info.value) and "15 fps" in str(info.value)
 
     def declare_64px(info):
         info["features"]["observation.images.front"]["shape"] = [64, 64, 3]
         info["features"]["observation.depth.front"]["shape"] = [64, 64, 1]
 
     root = edited_copy(src, tmp_path / "rig64", declare_64px)  # the videos are 128x128
-    _, plan = _plan(IngestLeRobotParams(root=str(root)))
-    out = _ingest_row({"episode_index": 2}, plan, ctx_for(tmp_path))
-    assert out["status"] == QUARANTINED
-    assert "'rgb.front'" in out["reason"] and "(128, 128, 3)" in out["reason"] and "episode=2" in out["reason"]
+    with pytest.raises(EpisodeError) as info:
+        one(root, 2)
+    reason = str(info.value)
+    assert "'rgb.front'" in reason and "(128, 128, 3)" in reason and "episode=2" in reason
 
-    _, plan = _plan(IngestLeRobotParams(root=str(src)))
-    first = _ingest_row({"episode_index": 2}, plan, ctx_for(tmp_path))
-    assert first["status"] == OK
-    mtime = Path(first["path"]).stat().st_mtime_ns
-    assert _ingest_row({"episode_index": 2}, plan, ctx_for(tmp_path, resume=True)) == first
-    assert Path(first["path"]).stat().st_mtime_ns == mtime
-
-
-def test_missing_video_file_is_quarantined_without_download(datasets, tmp_path):
-    src, _ = datasets["rig"]
     root = shutil.copytree(src, tmp_path / "rig_broken")
     for video in (root / "videos" / "observation.depth.front").rglob("*.mp4"):
         video.unlink()
-    _, plan = _plan(IngestLeRobotParams(root=str(root)))
-    out = _ingest_row({"episode_index": 0}, plan, ctx_for(tmp_path))
-    assert out["status"] == QUARANTINED and "observation.depth.front" in out["reason"] and "missing" in out["reason"]
+    with pytest.raises(EpisodeError) as info:  # quarantined, not fetched from the Hub
+        one(root, 0)
+    assert "observation.depth.front" in str(info.value) and "missing" in str(info.value)
 
 
 def test_dequantised_depth_is_metres_and_code_zero_is_no_measurement():
@@ -217,7 +284,7 @@ def test_dequantised_depth_is_metres_and_code_zero_is_no_measurement():
 
     depth_m = np.array([[0.0, 0.4, 1.0], [2.5, 9.0, np.nan]], np.float32)
     codes = quantize_depth(depth_m, video_backend=None)[None, None]  # (T=1, 1, H, W) as lerobot's decoder gives
-    back = _dequantize_metres(codes, {"info": {"is_depth_map": True}})  # default quantiser parameters
+    back = dequantize_metres(codes, {"info": {"is_depth_map": True}})  # default quantiser parameters
     assert back.shape == (1, 2, 3) and back.dtype == np.float32
     assert back[0, 0, 0] == 0.0 and back[0, 1, 2] == 0.0  # 0 and NaN were written as code 0
     np.testing.assert_allclose(back[0].ravel()[1:5], [0.4, 1.0, 2.5, 9.0], rtol=1e-3)

@@ -1,4 +1,5 @@
-"""ingest_videos: tiny mp4s written with PyAV, decoded on Ray; sidecars, resize/stride, and every kind of bad input."""
+"""ingest_videos: tiny mp4s written with PyAV; the stage through the runner on Ray, its plan/fn/check called directly,
+sidecars, resize/stride, local vs file:// vs memory:// inputs, and every kind of bad input."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from episodes import Episode
+from episodes import Episode, EpisodeError
+from pipeline import video_io
+from pipeline.checks import check_run
+from pipeline.config import parse_config
+from pipeline.run import run
 from pipeline.stage import OK, QUARANTINED, StageContext
-from pipeline.stages.ingest_videos import IngestVideosParams, _Clip, _ingest_row, ingest_videos, list_clips, read_clip
+from pipeline.stages.ingest_videos import IngestVideosParams, ingest_videos, plan
+from pipeline.store import RunStore
 
 FPS = 10
 NUM_FRAMES = 8
@@ -55,9 +61,34 @@ def cut_before_frame(path: Path, frame: int) -> bytes:
     return path.read_bytes()[: positions[frame]]
 
 
-def ctx_for(tmp_path: Path, resume: bool = False) -> StageContext:
-    return StageContext(run_dir=tmp_path, stage_dir=tmp_path / "stages" / "00_ingest_videos", seed=0, resume=resume,
-                        index=0)
+def ctx_for(tmp_path: Path) -> StageContext:
+    return StageContext(run_dir=str(tmp_path), stage_dir=str(tmp_path / "stages" / "00_ingest_videos"),
+                        stage="ingest_videos", seed=0, resume=False, index=0)
+
+
+def ingest(params: IngestVideosParams, tmp_path: Path) -> dict[str, Episode]:
+    """The stage's plan and function in this process (no Ray), each episode validated as the runner would."""
+    ctx = ctx_for(tmp_path)
+    out = {}
+    for item in plan(params, ctx):
+        episode = ingest_videos(item, params, ctx)
+        episode.validate()
+        out[item["episode_id"]] = episode
+    return out
+
+
+def config(run_dir: Path, **params) -> dict:
+    return {"output_dir": str(run_dir), "stages": [{"name": "ingest_videos", "params": params}]}
+
+
+def run_rows(run_dir: Path, resume: bool = False, **params) -> dict[str, dict]:
+    """Run a config with just this source through the runner; its rows by episode id."""
+    run(parse_config(config(run_dir, **params)), resume=resume)
+    store = RunStore(str(run_dir))
+    rows = store.read_rows(store.stage_dir(0, "ingest_videos"))
+    by_id = {r["episode_id"]: r for r in rows}
+    assert len(by_id) == len(rows), "episode ids must be unique"
+    return by_id
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +134,9 @@ def clips(tmp_path_factory):
     return root, expected
 
 
-def run_stage(ray_session, params: IngestVideosParams, tmp_path: Path) -> dict[str, dict]:
-    rows = ingest_videos(None, params, ctx_for(tmp_path)).take_all()
-    by_id = {r["episode_id"]: r for r in rows}
-    assert len(by_id) == len(rows), "episode ids must be unique"
-    return by_id
-
-
 def test_folder_fates_frames_actions_and_errors(ray_session, clips, tmp_path):
     root, expected = clips
-    rows = run_stage(ray_session, IngestVideosParams(path=str(root), task="default task"), tmp_path)
+    rows = run_rows(tmp_path / "run", path=str(root), task="default task")
 
     assert {i: r["status"] for i, r in rows.items()} == {
         "video-push": OK, "video-plain": OK, "video-My-Clip-1": OK, "video-tabular": OK,
@@ -156,7 +180,26 @@ def test_folder_fates_frames_actions_and_errors(ray_session, clips, tmp_path):
     assert not any(r["path"] for r in rows.values() if r["status"] == QUARANTINED)
 
 
-def test_glob_resize_stride_and_max_frames(ray_session, tmp_path):
+def test_file_url_through_the_runner_matches_local_and_resume_keeps_finished_clips(ray_session, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    frames = moving_square()
+    write_mp4(src / "clip.mp4", frames)
+    np.save(src / "clip.actions.npy", np.arange(2 * NUM_FRAMES, dtype=np.float32).reshape(NUM_FRAMES, 2))
+    local = ingest(IngestVideosParams(path=str(src)), tmp_path / "local")["video-clip"]
+
+    rows = run_rows(tmp_path / "run", path=f"file://{src}")
+    assert rows["video-clip"]["status"] == OK
+    via_url = Episode.load(rows["video-clip"]["path"])
+    np.testing.assert_array_equal(via_url.rgb["front"], local.rgb["front"])
+    np.testing.assert_array_equal(via_url.action, local.action)
+
+    (src / "clip.mp4").write_bytes(b"now broken")  # would be quarantined if it were decoded again
+    again = run_rows(tmp_path / "run", resume=True, path=f"file://{src}")
+    assert again["video-clip"]["status"] == OK
+
+
+def test_glob_resize_stride_and_max_frames(tmp_path):
     src = tmp_path / "src"
     (src / "nested").mkdir(parents=True)
     frames = moving_square(num_frames=10, height=48, width=64, fade=15)
@@ -168,9 +211,10 @@ def test_glob_resize_stride_and_max_frames(ray_session, tmp_path):
 
     params = IngestVideosParams(path=str(src / "**" / "*.mp4"), height=24, width=32, frame_stride=2, max_frames=4,
                                 camera="wrist")
-    rows = run_stage(ray_session, params, tmp_path / "run")
-    assert rows["video-strided"]["status"] == OK, rows["video-strided"]["reason"]
-    ep = Episode.load(rows["video-strided"]["path"])
+    items = {item["episode_id"]: item for item in plan(params, ctx_for(tmp_path))}
+    assert sorted(items) == ["video-every_frame", "video-strided"]
+    ep = ingest_videos(items["video-strided"], params, ctx_for(tmp_path))
+    ep.validate()
     assert ep.rgb["wrist"].shape == (4, 24, 32, 3)
     assert ep.fps == pytest.approx(FPS / 2)
     np.testing.assert_array_equal(ep.action, actions[:4])
@@ -179,27 +223,40 @@ def test_glob_resize_stride_and_max_frames(ray_session, tmp_path):
     assert (per_frame < 4.0).all(), per_frame
     assert ep.meta["video"]["frame_stride"] == 2 and ep.meta["video"]["num_frames"] == 10
 
-    reason = rows["video-every_frame"]["reason"]
-    assert rows["video-every_frame"]["status"] == QUARANTINED
-    assert "one row per video frame" in reason and "frame_stride=2" in reason
+    with pytest.raises(EpisodeError) as info:
+        ingest_videos(items["video-every_frame"], params, ctx_for(tmp_path))
+    assert "one row per video frame" in str(info.value) and "frame_stride=2" in str(info.value)
 
 
-def test_config_errors_raise_before_any_task(tmp_path):
-    with pytest.raises(ValidationError, match="does not exist"):
-        IngestVideosParams(path=str(tmp_path / "missing"))
-    with pytest.raises(ValidationError, match="does not exist"):
-        IngestVideosParams(path=str(tmp_path / "missing" / "*.mp4"))
+def test_params_validation():
     with pytest.raises(ValidationError, match="both height and width"):
-        IngestVideosParams(path=str(tmp_path), height=32)
+        IngestVideosParams(path="clips", height=32)
     with pytest.raises(ValidationError, match="frame_stride"):
-        IngestVideosParams(path=str(tmp_path), frame_stride=0)
-    IngestVideosParams(path="s3://bucket/clips/*.mp4")  # remote paths are checked when the stage is built
+        IngestVideosParams(path="clips", frame_stride=0)
+    IngestVideosParams(path="s3://bucket/clips/*.mp4")  # inputs are checked by check(), not by the params
+    IngestVideosParams(path="/does/not/exist")
 
+
+def test_check_reports_input_problems_under_the_yaml_field(tmp_path):
     (tmp_path / "readme.txt").write_text("no videos here")
-    with pytest.raises(FileNotFoundError, match="no video files"):
-        ingest_videos(None, IngestVideosParams(path=str(tmp_path)), ctx_for(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no video files"):
-        ingest_videos(None, IngestVideosParams(path=str(tmp_path / "*.mkv")), ctx_for(tmp_path))
+    write_mp4(tmp_path / "ok.mp4", moving_square(num_frames=2))
+
+    def problems(path: str) -> list[str]:
+        return check_run(parse_config(config(tmp_path / "run", path=path)), storage=False)
+
+    field = "stages[0].params.path: "
+    assert problems(str(tmp_path)) == []
+    assert problems(f"file://{tmp_path}/*.mp4") == []
+    assert problems(str(tmp_path / "missing")) == [f"{field}path {str(tmp_path / 'missing')!r} does not exist"]
+    [missing_glob] = problems(str(tmp_path / "missing" / "*.mp4"))
+    assert missing_glob.startswith(field) and "directory of the glob" in missing_glob
+    assert "does not exist" in missing_glob
+    [empty] = problems(str(tmp_path / "*.mkv"))
+    assert empty.startswith(field) and "no video files with extensions" in empty and "*.mkv" in empty
+    [scheme] = problems("nosuch://bucket/clips")
+    assert scheme.startswith(field) and "unknown URL scheme 'nosuch'" in scheme
+    [remote] = problems("memory://wmsynth-test-nothing-here/clips")
+    assert remote.startswith(field) and "does not exist" in remote
 
 
 def test_ids_are_sanitised_and_unique(tmp_path):
@@ -207,35 +264,53 @@ def test_ids_are_sanitised_and_unique(tmp_path):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "take 1.mp4").write_bytes(b"")
     (tmp_path / "a" / "TAKE.MOV").write_bytes(b"")
-    ids = [c.episode_id for c in list_clips(IngestVideosParams(path=str(tmp_path)))]
+    ids = [item["episode_id"] for item in plan(IngestVideosParams(path=str(tmp_path)), ctx_for(tmp_path))]
     assert ids == ["video-TAKE", "video-take-1", "video-take-1-2"]
-    non_recursive = list_clips(IngestVideosParams(path=str(tmp_path / "a"), recursive=False, extensions=[".mov"]))
-    assert [c.name for c in non_recursive] == ["TAKE.MOV"]
+    non_recursive = plan(IngestVideosParams(path=str(tmp_path / "a"), recursive=False, extensions=[".mov"]),
+                         ctx_for(tmp_path))
+    assert [item["name"] for item in non_recursive] == ["TAKE.MOV"]
 
 
-def test_fsspec_url_and_sidecars(tmp_path):
-    """A non-local filesystem (fsspec memory://, in this process): listing, decoding from bytes, sidecars."""
+def test_memory_url_ingests_the_same_as_a_local_folder(tmp_path, monkeypatch):
+    """A non-local filesystem (fsspec memory://, in this process): listing, a streamed temp copy of the video that is
+    deleted afterwards, sidecars read through fsspec; the episodes equal those from a local folder."""
     import fsspec
 
+    import pipeline.inputs
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_mp4(src / "clip.mp4", moving_square())
+    (src / "clip.actions.csv").write_text("1,2\n3,4\n5,6\n7,8\n1,2\n3,4\n5,6\n7,8\n")
+    (src / "clip.json").write_text(json.dumps({"task": "wave"}))
+    write_mp4(src / "other.mp4", moving_square(shift=2))
     fs = fsspec.filesystem("memory")
-    frames = moving_square()
-    data = write_mp4(tmp_path / "clip.mp4", frames).read_bytes()
-    fs.pipe("/bucket/clips/clip.mp4", data)
-    fs.pipe("/bucket/clips/clip.actions.csv", b"1,2\n3,4\n5,6\n7,8\n1,2\n3,4\n5,6\n7,8\n")
-    fs.pipe("/bucket/clips/clip.json", json.dumps({"task": "wave"}).encode())
+    for file in src.iterdir():
+        fs.pipe(f"/bucket/clips/{file.name}", file.read_bytes())
+    fetched = []
+    real_fetch = pipeline.inputs.fetch
+    monkeypatch.setattr(pipeline.inputs, "fetch", lambda path, local: (fetched.append((path, local)),
+                                                                       real_fetch(path, local)))
     try:
         params = IngestVideosParams(path="memory://bucket/clips")
-        [clip] = list_clips(params)
-        assert clip.uri == "memory:///bucket/clips/clip.mp4" and clip.episode_id == "video-clip"
-        ep = read_clip(clip, params)
-        ep.validate()
-        assert ep.task == "wave" and ep.action.shape == (NUM_FRAMES, 2) and ep.meta["action_names"] is None
-        assert np.abs(ep.rgb["front"].astype(int) - frames).mean() < 3.0
+        assert [i["uri"] for i in plan(params, ctx_for(tmp_path))] == ["memory:///bucket/clips/clip.mp4",
+                                                                      "memory:///bucket/clips/other.mp4"]
+        remote = ingest(params, tmp_path / "remote")
+        local = ingest(IngestVideosParams(path=str(src)), tmp_path / "local")
     finally:
         fs.rm("/bucket", recursive=True)
+    assert sorted(remote) == sorted(local) == ["video-clip", "video-other"]
+    for episode_id, ep in remote.items():
+        np.testing.assert_array_equal(ep.rgb["front"], local[episode_id].rgb["front"])
+        assert ep.task == local[episode_id].task and ep.fps == local[episode_id].fps
+    assert remote["video-clip"].task == "wave" and remote["video-clip"].meta["action_names"] is None
+    np.testing.assert_array_equal(remote["video-clip"].action, local["video-clip"].action)
+    assert remote["video-clip"].meta["source_uri"] == "memory:///bucket/clips/clip.mp4"
+    assert [path for path, _ in fetched] == ["memory:///bucket/clips/clip.mp4", "memory:///bucket/clips/other.mp4"]
+    assert not any(Path(local_file).exists() for _, local_file in fetched)  # temp copies are gone
 
 
-def test_bad_sidecars_are_quarantined_not_raised(tmp_path):
+def test_bad_sidecars_raise_episode_errors_naming_the_file(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     frames = moving_square()
@@ -254,46 +329,28 @@ def test_bad_sidecars_are_quarantined_not_raised(tmp_path):
     for stem, make in cases.items():
         write_mp4(src / f"{stem}.mp4", frames)
         make(stem)
-    for clip in list_clips(params):
-        out = _ingest_row({"episode_id": clip.episode_id, "uri": clip.uri, "name": clip.name}, params,
-                          ctx_for(tmp_path))
-        stem = clip.name.removesuffix(".mp4")
-        assert out["status"] == QUARANTINED, (stem, out)
-        assert expected[stem] in out["reason"] and clip.name in out["reason"], (stem, out["reason"])
+    for item in plan(params, ctx_for(tmp_path)):
+        stem = item["name"].removesuffix(".mp4")
+        with pytest.raises(EpisodeError) as info:
+            ingest_videos(item, params, ctx_for(tmp_path))
+        assert expected[stem] in str(info.value) and item["name"] in str(info.value), (stem, str(info.value))
 
 
-def test_resume_skips_finished_clips(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    write_mp4(src / "done.mp4", moving_square())
-    params = IngestVideosParams(path=str(src))
-    [clip] = list_clips(params)
-    item = {"episode_id": clip.episode_id, "uri": clip.uri, "name": clip.name}
-    first = _ingest_row(item, params, ctx_for(tmp_path))
-    assert first["status"] == OK
-    (src / "done.mp4").write_bytes(b"now broken")  # would be quarantined if it were decoded again
-    again = _ingest_row(item, params, ctx_for(tmp_path, resume=True))
-    assert again == first
-    assert _ingest_row(item, params, ctx_for(tmp_path))["status"] == QUARANTINED
-
-
-def test_read_clip_reports_the_file(tmp_path):
+def test_empty_file_reports_the_file(tmp_path):
     (tmp_path / "zero.mp4").write_bytes(b"")
-    clip = _Clip(episode_id="video-zero", uri=str(tmp_path / "zero.mp4"), name="zero.mp4")
-    with pytest.raises(Exception, match="zero.mp4.*empty file"):
-        read_clip(clip, IngestVideosParams(path=str(tmp_path)))
+    item = {"episode_id": "video-zero", "uri": str(tmp_path / "zero.mp4"), "name": "zero.mp4"}
+    with pytest.raises(EpisodeError, match="zero.mp4.*empty file"):
+        ingest_videos(item, IngestVideosParams(path=str(tmp_path)), ctx_for(tmp_path))
 
 
 def test_chunked_decode_and_resize_match_whole_clip(tmp_path, monkeypatch):
-    import pipeline.stages.ingest_videos as module
-
     frames = moving_square(num_frames=NUM_FRAMES, fade=15)
     write_mp4(tmp_path / "clip.mp4", frames)
     params = IngestVideosParams(path=str(tmp_path), height=16, width=16)
-    [clip] = list_clips(params)
-    whole = read_clip(clip, params)
-    monkeypatch.setattr(module, "DECODE_CHUNK_FRAMES", 3)  # 3 + 3 + 2 frames
-    chunked = read_clip(clip, params)
+    [item] = plan(params, ctx_for(tmp_path))
+    whole = ingest_videos(item, params, ctx_for(tmp_path))
+    monkeypatch.setattr(video_io, "DECODE_CHUNK_FRAMES", 3)  # 3 + 3 + 2 frames
+    chunked = ingest_videos(item, params, ctx_for(tmp_path))
     np.testing.assert_array_equal(chunked.rgb["front"], whole.rgb["front"])
     assert chunked.rgb["front"].shape == (NUM_FRAMES, 16, 16, 3)
     shrunk = np.stack([np.asarray(Image.fromarray(f).resize((16, 16))) for f in frames])
