@@ -54,8 +54,10 @@ def check_run(config: RunConfig, storage: bool = True) -> list[str]:
             except Exception:  # described by check's messages instead
                 described = {}
             for key, value in described.items():
-                if isinstance(value, list):
+                if isinstance(value, list):  # sources concatenate: union of lists, any-of flags
                     outputs[key] = sorted(set(outputs.get(key, [])) | set(value))
+                elif isinstance(value, bool):
+                    outputs[key] = bool(outputs.get(key, False)) or value
                 else:
                     outputs[key] = value
         for name in spec.provides:

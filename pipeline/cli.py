@@ -14,7 +14,6 @@ import json
 import logging
 import sys
 import typing
-from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
@@ -93,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "verify":
+        from episodes.io import join
         from pipeline.verify import verify_run
 
         report = verify_run(args.run_dir, frames_per_episode=args.frames_per_episode)
         print(json.dumps(report, indent=2))
         print(f"verify: {'OK' if report['ok'] else 'FAILED'}: {report['episodes']} episodes in {report['shards']} "
-              f"LeRobot shards under {Path(args.run_dir) / 'shards'} (report: {Path(args.run_dir) / 'verify.json'})")
+              f"LeRobot shards under {join(args.run_dir, 'shards')} (report: {join(args.run_dir, 'verify.json')})")
         return 0 if report["ok"] else 1
 
     from pipeline.config import ConfigError, load_config
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args.config, args.overrides, output_dir=args.output)
-        if not getattr(args, "no_data", False):
+        if args.command == "validate" and not args.no_data:
             problems = check_run(config)
             if problems:
                 raise ConfigError(problems, args.config)
@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         manifest = run(config, only=args.only, resume=args.resume)
+    except ConfigError as exc:  # the data checks, run before any work
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except RunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

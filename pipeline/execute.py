@@ -79,7 +79,10 @@ def run_source(spec: StageSpec, params: StageParams, ctx: StageContext, store: R
     import ray
     from tqdm import tqdm
 
-    items = spec.plan(params, ctx)
+    try:
+        items = spec.plan(params, ctx)
+    except Exception as exc:  # checks should have caught it; still a message, not a traceback
+        raise StageError(f"stage {ctx.stage}: cannot list its work: {error_reason(exc)}") from exc
     ids = [item["episode_id"] for item in items]
     dupes = [eid for eid, n in Counter(ids).items() if n > 1]
     if dupes:

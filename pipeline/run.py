@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 
 from episodes import io as fileio
-from pipeline.config import RunConfig
+from pipeline.checks import check_run
+from pipeline.config import ConfigError, RunConfig
 from pipeline.execute import StageError, run_aggregate, run_map, run_source
 from pipeline.stage import OK, REGISTRY, WRITTEN, StageContext
 from pipeline.store import RunStore, params_hash, stage_key
@@ -102,9 +103,9 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
     names = [s.name for s in config.stages]
     if only is not None and only not in names:
         raise RunError(f"--only {only!r}: no such stage in {config.source_file} (stages: {', '.join(names)})")
-    problem = store.check_writable()
-    if problem:
-        raise RunError(f"output_dir {problem}")
+    problems = check_run(config)  # the checks of `wmsynth validate` (storage writable, data), before any work
+    if problems:
+        raise ConfigError(problems, config.source_file or "stages.yaml")
     fileio.atomic_write_text(store.path("config.resolved.yaml"), yaml.safe_dump(config.to_dict(), sort_keys=False))
     log = RunLog(store)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -154,6 +154,7 @@ def test_cli_validate_and_verbosity_flags(tmp_path, capsys):
                                             "stages": [{"name": "generate_tabletop"}]}))
     assert main(["validate", str(good), "-q"]) == 0
     assert main(["-v", "validate", str(good), "--no-data"]) == 0
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("wmsynth ")

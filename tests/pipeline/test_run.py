@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from episodes import Episode
-from pipeline.config import parse_config
+from pipeline.config import ConfigError, parse_config
 from pipeline.run import RunError, run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,7 +203,7 @@ def test_unwritable_output_dir_is_a_clear_error(ray_session, tmp_path):
     blocker.write_text("x")
     config = parse_config(tiny_config(tmp_path / "ok"))
     config.output_dir = blocker / "run"
-    with pytest.raises(RunError, match=f"output_dir {blocker / 'run'}: cannot write"):
+    with pytest.raises(ConfigError, match=f"output_dir: {blocker / 'run'}: cannot write"):
         run(config)
 
 
