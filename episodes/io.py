@@ -118,8 +118,8 @@ def listdir(path: PathLike) -> list[str]:
     except FileNotFoundError:
         return []
     protocol = str(path).split("://", 1)[0]
-    return sorted(f"{protocol}://{e.lstrip('/')}" if protocol != "memory" else f"memory://{e}" for e in entries
-                  if e.rstrip("/") != inner.rstrip("/"))
+    return sorted(f"{protocol}://{e.lstrip('/')}" if protocol not in ("memory", "local") else f"{protocol}://{e}"
+                  for e in entries if e.rstrip("/") != inner.rstrip("/"))
 
 
 def makedirs(path: PathLike) -> None:

@@ -61,6 +61,15 @@ def episode_state(episode: Episode, cameras: Sequence[str], image_size: int, dep
     return np.ascontiguousarray(state)
 
 
+def episode_keys(cameras: Sequence[str], depth: bool = False) -> set[str]:
+    """The arrays of an episode file that states, actions and end-effector motion are built from (``Episode.load``
+    decodes only these: other cameras, segmentation and extras are skipped)."""
+    keys = {f"rgb.{cam}" for cam in cameras} | {"action", "extras.ee_pose"}
+    if depth:
+        keys |= {f"depth_m.{cam}" for cam in cameras}
+    return keys
+
+
 def to_model(state: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 states (..., C, H, W) -> float32 in [-1, 1]."""
     x = torch.as_tensor(state)
@@ -126,8 +135,9 @@ class PairData:
                       embodiment_names: Sequence[str] | None = None) -> PairData:
         fields: dict[str, list] = {k: [] for k in ("states", "episode_ids", "sources", "embodiments", "actions",
                                                    "ee_deltas")}
+        keys = episode_keys(cameras, depth)
         for item in episodes:
-            ep = item if isinstance(item, Episode) else Episode.load(item)
+            ep = item if isinstance(item, Episode) else Episode.load(item, keys=keys)
             if ep.num_frames < 2:
                 continue
             fields["states"].append(episode_state(ep, cameras, image_size, depth, max_depth_m))

@@ -95,10 +95,13 @@ def linear_probe(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, 
                  l2: float = 1e-3) -> dict[str, object]:
     """A fresh linear (ridge) probe from frozen features (N, D) to targets (N, K), k-fold cross-validated by group
     (episode): every prediction is for an episode the probe was not fitted on. Returns R2 per dim, R2 averaged over the
-    dims that vary, and the MSE of standardised targets (so dims weigh equally)."""
+    dims that vary, and the MSE of standardised targets (so dims weigh equally); NaN when there is only one group."""
     features = np.asarray(features, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.float64)
     unique = np.unique(groups)
+    if len(unique) < 2:  # nothing to cross-validate against: no figure rather than one fitted on its own test data
+        return {"r2": float("nan"), "r2_per_dim": [None] * targets.shape[1], "mse": float("nan"),
+                "predictions": np.full_like(targets, np.nan)}
     folds = max(2, min(folds, len(unique)))
     fold_of = {g: i % folds for i, g in enumerate(np.random.default_rng(0).permutation(unique))}
     fold = np.array([fold_of[g] for g in groups])

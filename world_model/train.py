@@ -2,11 +2,13 @@
 
 ``train`` runs in one process (a Ray Train worker, the benchmark, a test). It builds the model for the data's
 embodiments, fits the action normaliser on the labelled pairs, and every ``checkpoint_every`` steps (and at the end)
-writes ``<out_dir>/checkpoints/step-XXXXXXXX`` (safetensors + JSON, see ``world_model.checkpoint``); with
-``resume=True`` it continues from the newest complete checkpoint there: weights, optimizer moments, the step count,
-the batch sampler's random state and the loss history. The learning rate is a function of the step (linear warm-up,
-cosine decay to 10%), so a resumed run follows the same schedule. Loss curves go to ``<out_dir>/losses.jsonl`` (one
-line per ``log_every`` steps) and to the ``report`` callback (Ray Train's ``ray.train.report`` in the stage).
+writes ``<out_dir>/checkpoints/step-XXXXXXXX`` (safetensors + JSON + a commit marker, see ``world_model.checkpoint``);
+with ``resume=True`` it continues from the newest complete checkpoint there: weights, optimizer moments, the step
+count, the batch sampler's random state and the loss history. The learning rate is a function of the step (linear
+warm-up, cosine decay to 10%), so a resumed run follows the same schedule. Loss curves go to ``<out_dir>/losses.jsonl``
+(one line per ``log_every`` steps, rewritten whole from the history each time, so a resumed run never repeats the steps
+logged after its checkpoint) and to the ``report`` callback (Ray Train's ``ray.train.report`` in the stage).
+``out_dir`` is a local path or an fsspec URL (``episodes.io``): nothing here needs a local filesystem.
 
 CPU cost is measured as this process's CPU time (``time.process_time``, all its threads), which other load on a
 shared machine does not inflate the way it inflates wall time.
@@ -17,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,12 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from world_model.checkpoint import latest_checkpoint, load_model, load_optimizer, read_config, save_checkpoint
+from episodes import io as fileio
+from world_model.checkpoint import (
+    latest_checkpoint, load_model, load_optimizer, prune_checkpoints, read_config, save_checkpoint, step_dir_name,
+)
 from world_model.data import BatchSampler, PairData
 from world_model.model import LatentWorldModel, WorldModelConfig
 from world_model.wrapper import ActionNormalizer, WorldModel
 
 logger = logging.getLogger(__name__)
+
+LOSSES = "losses.jsonl"
 
 
 @dataclass
@@ -79,7 +85,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    checkpoint: Path | None
+    checkpoint: str | None  # the last checkpoint written (a path or URL)
     step: int
     start_step: int
     cpu_s: float
@@ -115,9 +121,9 @@ def train(model_config: WorldModelConfig, train_config: TrainConfig, data: PairD
         torch.set_num_threads(tc.num_threads)
     if len(data) == 0:
         raise ValueError("train: no frame pairs (every episode has fewer than 2 frames, or no episodes)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "checkpoints"
+    out_dir = fileio.normalize(out_dir)
+    ckpt_dir = fileio.join(out_dir, "checkpoints")
+    losses_file = fileio.join(out_dir, LOSSES)
     last = latest_checkpoint(ckpt_dir) if resume else None
     history: list[dict[str, float]] = []
     sampler = BatchSampler(data, tc.batch_size, seed=tc.seed, source_weights=tc.source_weights,
@@ -149,14 +155,13 @@ def train(model_config: WorldModelConfig, train_config: TrainConfig, data: PairD
         logger.info("already trained to step %d (steps=%d)", start, tc.steps)
         return TrainResult(last, start, start, cpu_before, history, WorldModel(model, normalizer))
 
-    def checkpoint(step: int, cpu_s: float) -> Path | None:
+    def checkpoint(step: int, cpu_s: float) -> str | None:
         if not is_main:
             return None
-        path = save_checkpoint(ckpt_dir / f"step-{step:08d}", model, normalizer, step, optimizer,
+        path = save_checkpoint(fileio.join(ckpt_dir, step_dir_name(step)), model, normalizer, step, optimizer,
                                extra={"train": tc.to_dict(), "sampler_state": sampler.state(), "history": history,
                                       "cpu_s": cpu_s, **(extra or {})})
-        for old in sorted(ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-tc.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
         return path
 
     cpu0 = time.process_time()
@@ -183,8 +188,7 @@ def train(model_config: WorldModelConfig, train_config: TrainConfig, data: PairD
             window = []
             history.append(entry)
             if is_main:
-                with open(out_dir / "losses.jsonl", "a") as f:
-                    f.write(json.dumps(entry) + "\n")
+                fileio.atomic_write_text(losses_file, "".join(json.dumps(h) + "\n" for h in history))
             logger.info("step %d: %s", done, {k: round(v, 4) for k, v in entry.items() if k != "step"})
             if report is not None:
                 report(entry)

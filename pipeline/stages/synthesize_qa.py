@@ -7,47 +7,57 @@
         samples_per_shard: 256
         resources: {num_cpus: 1}
 
-A transform that leaves its rows as they are (status stays ``ok``, no episode copy): episodes flow on to the next stage
-(e.g. ``write_lerobot``) and the QA goes to ``<run_dir>/<output_subdir>/`` (``qa/`` by default), in the format of
+A map stage that returns every episode unchanged (status stays ``ok``, no episode copy): episodes flow on to the next
+stage (e.g. ``write_lerobot``) and the QA goes to ``<run_dir>/<output_subdir>/`` (``qa/`` by default), in the format of
 ``depth.qa_dataset``: ``qa-000000.tar`` shards (RGB, 16-bit depth PNG in mm, JSON with the QA records),
-``index.parquet`` and ``summary.json``.
+``index.parquet``, ``summary.json`` and a ``_COMPLETE`` marker written last. The directory is published to later
+stages as the artifact ``qa_dataset``.
 
-Fan-out 1:1 per episode, then N:1 into shards. Each episode is one Ray task (``resources.num_cpus``; open3d's RANSAC
-and clustering are the cost): it lifts the chosen frames to point clouds, measures the objects, asks the questions
-(``depth.synthesis``) and writes its samples as a part file ``<stage_dir>/parts/<episode_id>.tar`` plus a JSON with
-the index rows and skip counts, both atomically. The driver then concatenates the parts, in episode-id order, into
-shards of ``samples_per_shard`` samples with webdataset's ``TarWriter``, writes the index (pyarrow) and the summary
-into a temporary directory, and swaps it in for the output directory: readers never see a partial dataset. With
-``--resume``, episodes whose parts exist are not redone and the shards are rebuilt from the parts.
+Fan-out 1:1 per episode, then N:1 into shards. The runner maps the episodes in Ray Data tasks
+(``resources.num_cpus``; open3d's RANSAC and clustering are the cost): each lifts the chosen frames to point clouds,
+measures the objects, asks the questions (``depth.synthesis``) and writes its samples as part files
+``<stage_dir>/parts/<episode_id>.tar`` plus ``<episode_id>.json`` (the sample keys and skip counts), each in one atomic
+write (``episodes.io``, so the stage directory may be on object storage). The runner's completion records make a
+resumed stage skip finished episodes; their parts are reused. The ``finish`` hook then concatenates the parts, in
+episode-id order, into shards of ``samples_per_shard`` samples with webdataset's ``TarWriter``, writes the index
+(pyarrow) and the summary into a local temporary directory and publishes it: on local disk by swapping it in for the
+output directory with two renames, on object storage by removing the old dataset, uploading the files and writing the
+commit marker last. Either way a reader that sees ``_COMPLETE`` sees a whole dataset.
 
 Episodes without depth (or without intrinsics) give no samples; the reason (what stage to add) is in
-``summary.json["episode_errors"]`` and the log, and the row stays ``ok``: the episode is still good data for other
-sinks. Questions the geometry cannot support are not emitted; ``summary.json`` counts them per reason and family.
-Depth from an estimator (``meta["depth"]["backend"] == "depth_anything"``) is read with silhouette depth borrowed from
-object interiors and 2%-trimmed extents (``estimated_depth: auto``), which resists the edge blur of monocular depth.
+``summary.json["episode_errors"]`` and logged once per distinct reason with a count, and the row stays ``ok``: the
+episode is still good data for other sinks. Questions the geometry cannot support are not emitted; ``summary.json``
+counts them per reason and family. Depth from an estimator (``meta["depth"]["backend"] == "depth_anything"``) is read
+with silhouette depth borrowed from object interiors and 2%-trimmed extents (``estimated_depth: auto``), which resists
+the edge blur of monocular depth.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import shutil
-import traceback
+import tarfile
+import tempfile
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from episodes.io import atomic_write_text
-from pipeline.stage import OK, Resources, StageContext, StageParams, error_reason, register_stage
+from episodes import Episode
+from episodes import io as fileio
+from pipeline.stage import OK, CheckContext, Problem, Resources, StageContext, StageParams, error_reason, register_stage
 
 logger = logging.getLogger(__name__)
 
 STAGE = "synthesize_qa"
 PARTS_DIRNAME = "parts"
+COMPLETE = "_COMPLETE"  # written last into the QA directory: the dataset is whole
 
 
 class SynthesizeQAParams(StageParams):
@@ -106,61 +116,87 @@ class SynthesizeQAParams(StageParams):
                                frames_per_episode=self.frames_per_episode)
 
 
-# -- per episode (Ray task) ------------------------------------------------------------------------------------------
+# -- per episode (Ray Data task) -------------------------------------------------------------------------------------
 
 
+def part_paths(ctx: StageContext, episode_id: str) -> tuple[str, str]:
+    """(samples tar, part JSON) of one episode under ``<stage_dir>/parts/`` (paths or URLs)."""
+    return ctx.path(PARTS_DIRNAME, f"{episode_id}.tar"), ctx.path(PARTS_DIRNAME, f"{episode_id}.json")
 
-def part_paths(parts_dir: Path, episode_id: str) -> tuple[Path, Path]:
-    return parts_dir / f"{episode_id}.tar", parts_dir / f"{episode_id}.json"
 
+def samples_tar(samples, params: SynthesizeQAParams) -> bytes:
+    """One episode's samples as an uncompressed webdataset tar, in memory (a few frames: a few MB at most)."""
+    import webdataset as wds
 
-def synthesize_one(in_row: dict, params: SynthesizeQAParams, ctx: StageContext, parts_dir: Path) -> dict:
-    """QA for one episode -> its part files; the row is returned unchanged (a bad episode is recorded, not fatal)."""
-    if in_row["status"] != OK:
-        return in_row
-    eid = in_row["episode_id"]
-    tar_path, json_path = part_paths(parts_dir, eid)
-    if ctx.resume and tar_path.exists() and json_path.exists():
-        return in_row
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    from depth.qa_dataset import encode_sample
+
+    buf = io.BytesIO()
+    writer = wds.TarWriter(buf, mtime=0)
     try:
-        import webdataset as wds
+        for sample in samples:
+            writer.write(encode_sample(sample.key, sample.rgb, sample.depth_m, sample.document, params.rgb_format,
+                                       params.jpeg_quality))
+    finally:
+        writer.close()  # leaves ``buf`` open: the TarWriter did not open it
+    return buf.getvalue()
 
-        from depth.qa_dataset import encode_sample
-        from depth.synthesis import synthesize_episode
-        from episodes import Episode
 
-        episode = Episode.load(in_row["path"])
+def synthesize_part(episode: Episode, params: SynthesizeQAParams, ctx: StageContext) -> dict[str, Any]:
+    """QA for one episode -> its part files (tar first, then the JSON that vouches for it); the part JSON."""
+    from depth.synthesis import synthesize_episode
+
+    eid = episode.episode_id
+    tar_path, json_path = part_paths(ctx, eid)
+    try:
         estimated = (episode.meta.get("depth") or {}).get("backend", "sensor") != "sensor"
         result = synthesize_episode(episode, params.synthesis_config(ctx.seed, estimated))
-        tmp = tar_path.with_name(f".{tar_path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                writer = wds.TarWriter(f, mtime=0)
-                try:
-                    for sample in result.samples:
-                        writer.write(encode_sample(sample.key, sample.rgb, sample.depth_m, sample.document,
-                                                   params.rgb_format, params.jpeg_quality))
-                finally:
-                    writer.close()
-            os.replace(tmp, tar_path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        summary = {"episode_id": eid, "error": None, "samples": [s.key for s in result.samples],
-                   "num_qa": result.num_qa, "skips": [[f, r, n] for (f, r), n in sorted(result.skips.items())]}
-    except Exception as exc:  # the episode gives no QA; the row itself stays ok (see module docstring)
-        logger.warning("%s: no QA for %s: %s\n%s", STAGE, eid, exc, traceback.format_exc())
-        tar_path.unlink(missing_ok=True)
-        summary = {"episode_id": eid, "error": error_reason(exc), "samples": [], "num_qa": 0, "skips": []}
-    atomic_write_text(json_path, json.dumps(summary))
-    return in_row
+        data = samples_tar(result.samples, params)
+    except Exception as exc:  # the episode gives no QA; its row stays ok (see the module docstring)
+        logger.debug("%s: no QA for %s", STAGE, eid, exc_info=True)  # finish logs each reason once
+        fileio.remove(tar_path)
+        part = {"episode_id": eid, "error": error_reason(exc), "samples": [], "num_qa": 0, "skips": []}
+    else:
+        fileio.atomic_write_bytes(tar_path, data)
+        part = {"episode_id": eid, "error": None, "samples": [s.key for s in result.samples],
+                "num_qa": result.num_qa, "skips": [[f, r, n] for (f, r), n in sorted(result.skips.items())]}
+    fileio.atomic_write_text(json_path, json.dumps(part))
+    return part
 
 
-# -- shards (driver) -------------------------------------------------------------------------------------------------
+def check(params: SynthesizeQAParams, cctx: CheckContext) -> list[Problem]:
+    """Chosen cameras exist in what the sources produce."""
+    produced = cctx.outputs.get("cameras")
+    if params.cameras is None or produced is None:
+        return []
+    missing = [cam for cam in params.cameras if cam not in produced]
+    if missing:
+        return [("cameras", f"{missing} not produced by the sources (they produce {produced}); use some of those, "
+                            f"or leave cameras out for every camera with depth")]
+    return []
 
 
-def assemble(rows: list[dict], parts_dir: Path, out_dir: Path, params: SynthesizeQAParams) -> dict[str, Any]:
-    """Parts of the ok rows -> shards, index.parquet and summary.json in a temp dir, swapped in for ``out_dir``."""
+# -- shards (driver, finish hook) ------------------------------------------------------------------------------------
+
+
+def read_part_samples(path: str) -> Iterator[dict[str, Any]]:
+    """The samples of a part tar (path or URL, streamed), grouped by key as webdataset groups them."""
+    with fileio.open_file(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        sample: dict[str, Any] = {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            sample.setdefault("__key__", key)
+            sample[ext] = tar.extractfile(member).read()
+        if sample:
+            yield sample
+
+
+def build(rows: list[dict], params: SynthesizeQAParams, ctx: StageContext, out_dir: Path) -> dict[str, Any]:
+    """Parts of the ok rows -> shards, index.parquet, summary.json and the marker in the (new, local) ``out_dir``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import webdataset as wds
@@ -168,8 +204,7 @@ def assemble(rows: list[dict], parts_dir: Path, out_dir: Path, params: Synthesiz
     from depth.qa_dataset import INDEX_FILE, SHARD_PATTERN, SUMMARY_FILE, index_rows, index_schema
     from depth.spatial_qa import QA_SCHEMA_VERSION
 
-    tmp_dir = out_dir.with_name(f".{out_dir.name}-tmp-{uuid.uuid4().hex[:8]}")
-    tmp_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True)
     index: list[dict[str, Any]] = []
     skips: Counter = Counter()
     errors: dict[str, str] = {}
@@ -178,25 +213,26 @@ def assemble(rows: list[dict], parts_dir: Path, out_dir: Path, params: Synthesiz
     writer, count, num_samples = None, 0, 0
     try:
         for r in sorted((r for r in rows if r["status"] == OK), key=lambda r: r["episode_id"]):
-            tar_path, json_path = part_paths(parts_dir, r["episode_id"])
-            if not json_path.exists():
+            tar_path, json_path = part_paths(ctx, r["episode_id"])
+            try:
+                part = json.loads(fileio.read_text(json_path))
+            except FileNotFoundError:
                 errors[r["episode_id"]] = "no part file (the episode's task did not finish)"
                 continue
-            part = json.loads(json_path.read_text())
             skips.update({(f, reason): n for f, reason, n in part["skips"]})
             if part["error"]:
                 errors[r["episode_id"]] = part["error"]
                 continue
-            for sample in wds.WebDataset(str(tar_path), shardshuffle=False, empty_check=False):
+            for sample in read_part_samples(tar_path):
                 if writer is None or count >= params.samples_per_shard:
                     if writer is not None:
                         writer.close()
                     name = SHARD_PATTERN.format(len(shards))
-                    writer = wds.TarWriter(str(tmp_dir / name), mtime=0)
+                    writer = wds.TarWriter(str(out_dir / name), mtime=0)
                     shards.append({"name": name, "samples": 0, "qa_pairs": 0})
                     count = 0
                 key = sample["__key__"]
-                writer.write({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"})
+                writer.write(sample)
                 rows_here = index_rows(json.loads(sample["json"]), key, shards[-1]["name"])
                 index.extend(rows_here)
                 per_family.update(row["family"] for row in rows_here)
@@ -207,28 +243,37 @@ def assemble(rows: list[dict], parts_dir: Path, out_dir: Path, params: Synthesiz
     finally:
         if writer is not None:
             writer.close()
-    try:
-        pq.write_table(pa.Table.from_pylist(index, schema=index_schema()), tmp_dir / INDEX_FILE)
-        skipped_by_family: dict[str, dict[str, int]] = {}
-        for (family, reason), n in sorted(skips.items()):
-            skipped_by_family.setdefault(family, {})[reason] = n
-        summary = {
-            "schema_version": QA_SCHEMA_VERSION, "num_samples": num_samples, "num_qa": len(index),
-            "families": sorted(per_family), "qa_per_family": dict(sorted(per_family.items())),
-            "skipped": {}, "skipped_total": sum(skips.values()), "skipped_by_family": skipped_by_family,
-            "episodes_with_qa": len({row["episode_id"] for row in index}), "episode_errors": errors,
-            "shards": shards, "params": params.model_dump(mode="json"),
-        }
-        reasons: Counter = Counter()  # skipped per reason, summed over families
-        for (_, reason), n in skips.items():
-            reasons[reason] += n
-        summary["skipped"] = dict(sorted(reasons.items()))
-        (tmp_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-        _swap_in(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    pq.write_table(pa.Table.from_pylist(index, schema=index_schema()), out_dir / INDEX_FILE)
+    skipped_by_family: dict[str, dict[str, int]] = {}
+    reasons: Counter = Counter()  # skipped per reason, summed over families
+    for (family, reason), n in sorted(skips.items()):
+        skipped_by_family.setdefault(family, {})[reason] = n
+        reasons[reason] += n
+    summary = {
+        "schema_version": QA_SCHEMA_VERSION, "num_samples": num_samples, "num_qa": len(index),
+        "families": sorted(per_family), "qa_per_family": dict(sorted(per_family.items())),
+        "skipped": dict(sorted(reasons.items())), "skipped_total": sum(skips.values()),
+        "skipped_by_family": skipped_by_family, "episodes_with_qa": len({row["episode_id"] for row in index}),
+        "episode_errors": errors, "shards": shards, "params": params.model_dump(mode="json"),
+    }
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    (out_dir / COMPLETE).write_text(json.dumps({"num_samples": num_samples, "num_qa": len(index),
+                                                "files": sorted(p.name for p in out_dir.iterdir())}))
     return summary
+
+
+def publish(local_dir: Path, target: str) -> None:
+    """Make ``local_dir`` the dataset at ``target``: a rename swap on local disk; on object storage the old dataset
+    goes (its marker first), the files are uploaded, and the marker is uploaded last."""
+    if fileio.is_local(target):
+        _swap_in(local_dir, fileio.local_path(target))
+        return
+    fileio.remove(fileio.join(target, COMPLETE))
+    fileio.remove(target, recursive=True)
+    marker = (local_dir / COMPLETE).read_bytes()
+    (local_dir / COMPLETE).unlink()
+    fileio.upload_dir(local_dir, target)
+    fileio.atomic_write_bytes(fileio.join(target, COMPLETE), marker)
 
 
 def _swap_in(tmp_dir: Path, out_dir: Path) -> None:
@@ -242,24 +287,46 @@ def _swap_in(tmp_dir: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-@register_stage(STAGE, kind="transform", params=SynthesizeQAParams)
-def synthesize_qa(ds, params: SynthesizeQAParams, ctx: StageContext):
-    """Spatial QA (15 families, checked geometry) from RGB-D episodes -> webdataset shards; rows pass through."""
-    import functools
+def build_dir(target: str) -> tuple[Path, Path]:
+    """(parent to remove afterwards, directory to build in): next to a local target (same filesystem, so the swap is
+    a rename), else in the local temporary directory."""
+    if fileio.is_local(target):
+        local = fileio.local_path(target)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{local.name}-tmp-", dir=local.parent))
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="wmsynth-qa-"))
+    return scratch, scratch / "dataset"
 
-    import ray
 
-    parts_dir = (ctx.stage_dir / PARTS_DIRNAME).absolute()  # tasks may run with another working directory
-    out_dir = (ctx.run_dir / params.output_subdir).absolute()
-    # 1:1 per episode: point clouds and questions, one Ray task each (CPU-bound open3d/numpy work).
-    fn = functools.partial(synthesize_one, params=params, ctx=ctx, parts_dir=parts_dir)
-    extra = {}
-    if params.resources.concurrency is not None:
-        extra["compute"] = ray.data.TaskPoolStrategy(size=params.resources.concurrency)
-    rows = [dict(r) for r in ds.map(fn, num_cpus=params.resources.num_cpus, **extra).take_all()]
-    # N:1 on the driver: concatenate the parts into shards (I/O only), then swap the dataset in.
-    summary = assemble(rows, parts_dir, out_dir, params)
+def log_errors(errors: dict[str, str]) -> None:
+    """One line per distinct reason (episode ids replaced), with how many episodes and a few of them."""
+    by_reason: dict[str, list[str]] = {}
+    for eid, reason in sorted(errors.items()):
+        by_reason.setdefault(reason.replace(eid, "<episode>"), []).append(eid)
+    for reason, eids in by_reason.items():
+        logger.warning("%s: %d episode(s) gave no QA (%s%s): %s", STAGE, len(eids), ", ".join(eids[:3]),
+                       ", ..." if len(eids) > 3 else "", reason)
+
+
+def finish(rows: list[dict], params: SynthesizeQAParams, ctx: StageContext) -> None:
+    """N:1 on the driver: concatenate the parts into shards (I/O only), then publish the dataset whole."""
+    target = ctx.run_path(params.output_subdir)
+    scratch, local = build_dir(target)
+    try:
+        summary = build(rows, params, ctx, local)
+        publish(local, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    ctx.publish("qa_dataset", target)
+    log_errors(summary["episode_errors"])
     logger.info("%s: %d QA pairs in %d samples, %d shards in %s; %d questions skipped %s; %d episodes without QA",
-                STAGE, summary["num_qa"], summary["num_samples"], len(summary["shards"]), out_dir,
+                STAGE, summary["num_qa"], summary["num_samples"], len(summary["shards"]), target,
                 summary["skipped_total"], summary["skipped"], len(summary["episode_errors"]))
-    return ray.data.from_items(rows) if rows else ds
+
+
+@register_stage(STAGE, kind="map", params=SynthesizeQAParams, finish=finish, check=check, provides=("qa_dataset",))
+def synthesize_qa(episode: Episode, params: SynthesizeQAParams, ctx: StageContext) -> Episode:
+    """Spatial QA (15 families, checked geometry) from RGB-D episodes -> webdataset shards; episodes unchanged."""
+    synthesize_part(episode, params, ctx)
+    return episode

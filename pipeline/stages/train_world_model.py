@@ -1,9 +1,10 @@
-"""train_world_model: learn latent actions and an action-conditioned world model on the run's episodes (N:1, rows 1:1).
+"""train_world_model: learn latent actions and an action-conditioned world model on the run's episodes (aggregate N:1).
 
-Fan-in: every ok episode of the upstream Ray Dataset goes into one training job on Ray Train (``TorchTrainer``,
-``num_workers`` workers of ``cpus_per_worker`` CPUs, ``use_gpu``); each worker reads its shard of rows with
-``ray.train.get_dataset_shard("train")`` and loads those episodes' frames from disk (rows carry paths, never frames).
-The rows themselves pass through unchanged, so later stages (evaluation, shard writers) still see every episode.
+Fan-in: every ok episode goes into one training job on Ray Train (``TorchTrainer``, ``num_workers`` workers of
+``cpus_per_worker`` CPUs, ``use_gpu``), launched from the driver. Each worker loads its share of the training episodes
+(every ``num_workers``-th path in id order, so a resumed run sees the same shards) from the run directory, local or
+object storage: rows carry paths, never frames, and only the arrays the model uses are decoded. The rows pass through
+unchanged, so later stages (evaluation, shard writers) still see every episode.
 
 Before training, the driver decides, deterministically from the run seed and the episode ids:
     held-out   ``holdout_fraction`` of the episodes, never trained on (``evaluate_world_model`` measures on them)
@@ -13,10 +14,15 @@ and writes them to ``<stage_dir>/split.json``. The model gets one action head / 
 the episodes' metadata (``meta["robot_type"]``), with that robot's action dim, and action statistics from the
 labelled episodes only.
 
-Outputs under ``<stage_dir>``: ``checkpoints/step-XXXXXXXX/`` (safetensors + JSON config, every ``checkpoint_every``
-steps and at the end; the newest ``keep_checkpoints`` are kept), ``losses.jsonl`` (loss curves), ``split.json``,
-``train.json`` (summary, also the stage's ``report.json``). With ``--resume`` a killed training continues from its
-newest checkpoint (same step count, optimizer state and sampler state).
+Outputs under ``<stage_dir>`` (a local path or a URL; rank 0 writes them through ``episodes.io``):
+``checkpoints/step-XXXXXXXX/`` (safetensors + JSON, then a ``_COMPLETE`` marker written last, every
+``checkpoint_every`` steps and at the end; the newest ``keep_checkpoints`` are kept), ``losses.jsonl`` (loss curves),
+``split.json``, ``train.json`` (summary, also the stage's ``report.json``). Ray Train's own result files (metrics
+already in ``losses.jsonl``) go to ``<stage_dir>/ray_results`` for a local run directory and to a temporary local
+directory otherwise. When the runner resumes the stage (``ctx.resume``), a killed training continues from the newest
+complete checkpoint (same step count, optimizer state and sampler state).
+
+Published for later stages: ``world_model`` (the final checkpoint directory) and ``world_model_split`` (split.json).
 
     - name: train_world_model
       params: {cameras: [oblique, top, wrist], steps: 3000, labelled_fraction: 0.1, bottleneck: continuous}
@@ -27,16 +33,20 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.stage import OK, StageContext, StageParams, register_stage
+from episodes import io as fileio
+from pipeline.execute import StageError
+from pipeline.stage import CheckContext, Problem, StageContext, StageParams, register_stage
 
 logger = logging.getLogger(__name__)
 
 STAGE = "train_world_model"
+SUMMARY, LOSSES = "train.json", "losses.jsonl"
 CameraName = Literal["front", "side", "top", "oblique", "wrist"]
 
 
@@ -132,7 +142,7 @@ def plan_split(rows: list[dict[str, Any]], params: TrainWorldModelParams, seed: 
                        STAGE, len(skipped), *next(iter(skipped.items())))
     if not infos:
         example = next(iter(skipped.items()))
-        raise ValueError(f"{STAGE}: no episode has what params.cameras={params.cameras} (depth={params.depth}) "
+        raise StageError(f"{STAGE}: no episode has what params.cameras={params.cameras} (depth={params.depth}) "
                          f"need (e.g. {example[0]}: {example[1]}); set cameras to ones the episodes have, or generate "
                          f"them (generate_tabletop params.cameras)")
     train_ids, heldout_ids = split_holdout(list(infos), params.holdout_fraction, seed)
@@ -143,7 +153,7 @@ def plan_split(rows: list[dict[str, Any]], params: TrainWorldModelParams, seed: 
     for eid in sorted(infos):
         info = infos[eid]
         if info.action_dim is not None and dims.setdefault(info.embodiment, info.action_dim) != info.action_dim:
-            raise ValueError(f"{STAGE}: embodiment {info.embodiment!r} has action dim {info.action_dim} in "
+            raise StageError(f"{STAGE}: embodiment {info.embodiment!r} has action dim {info.action_dim} in "
                              f"{info.path} but {dims[info.embodiment]} elsewhere; give different robots different "
                              f"meta['robot_type']")
     stats: dict[str, dict[str, list[float]]] = {}
@@ -158,10 +168,9 @@ def plan_split(rows: list[dict[str, Any]], params: TrainWorldModelParams, seed: 
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: load this worker's shard of episodes, train, report losses (rank 0 checkpoints)."""
-    from pathlib import Path
-
+    """One Ray Train worker: load this worker's share of episodes, train, report losses (rank 0 checkpoints)."""
     import ray.train
+    import ray.train.torch
     import torch
 
     from world_model.data import PairData
@@ -173,72 +182,96 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     model_config = WorldModelConfig.from_dict(config["model"])
     train_config = TrainConfig(**{**config["train"], "seed": config["train"]["seed"] + rank})
-    paths = []
-    for batch in ray.train.get_dataset_shard("train").iter_batches(batch_size=256, batch_format="numpy"):
-        paths.extend(str(p) for p in batch["path"])
-    data = PairData.from_episodes(sorted(paths), model_config.cameras, model_config.image_size, model_config.depth,
+    paths = config["paths"][rank::world]
+    data = PairData.from_episodes(paths, model_config.cameras, model_config.image_size, model_config.depth,
                                   model_config.max_depth_m, labelled=set(config["labelled"]),
                                   embodiment_names=model_config.embodiments)
     normalizer = ActionNormalizer(model_config.latent.embodiments)
     for name, s in config["action_stats"].items():
         normalizer.set_stats(name, s["mean"], s["std"])
-    import ray.train.torch
-
     prepare = ray.train.torch.prepare_model if world > 1 else None
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
 
     def report(entry: dict[str, float]) -> None:
         ray.train.report({**entry, "rank": rank})
 
-    result = train(model_config, train_config, data, Path(config["out_dir"]), resume=config["resume"],
-                   report=report, prepare_model=prepare, is_main=rank == 0, normalizer=normalizer,
+    result = train(model_config, train_config, data, config["out_dir"], resume=config["resume"], report=report,
+                   prepare_model=prepare, is_main=rank == 0, normalizer=normalizer,
                    extra={"split": config["split_file"], "num_episodes": data.num_episodes}, device=device)
     if rank == 0:
-        summary = {"checkpoint": str(result.checkpoint), "step": result.step, "start_step": result.start_step,
+        summary = {"checkpoint": result.checkpoint, "step": result.step, "start_step": result.start_step,
                    "cpu_s": round(result.cpu_s, 1), "num_workers": world, "num_pairs": len(data),
                    "final": result.history[-1] if result.history else {}}
-        (Path(config["out_dir"]) / "train.json").write_text(json.dumps(summary, indent=1))
+        fileio.atomic_write_text(fileio.join(config["out_dir"], SUMMARY), json.dumps(summary, indent=1))
 
 
-@register_stage(STAGE, kind="transform", params=TrainWorldModelParams)
-def train_world_model(ds, params: TrainWorldModelParams, ctx: StageContext):
+def check(params: TrainWorldModelParams, cctx: CheckContext) -> list[Problem]:
+    """The cameras exist in what the sources produce; depth exists (from the sources or a depth estimator)."""
+    problems: list[Problem] = []
+    produced = cctx.outputs.get("cameras")
+    if produced is not None:
+        missing = [cam for cam in params.cameras if cam not in produced]
+        if missing:
+            problems.append(("cameras", f"{missing} not produced by the sources (they produce {produced}); use some "
+                                        f"of those, or add the cameras to the source (generate_tabletop "
+                                        f"params.cameras)"))
+    estimated = any(name == "depth" and getattr(p, "backend", "") == "depth_anything" for name, p in cctx.earlier)
+    if params.depth and cctx.outputs.get("depth") is False and not estimated:
+        problems.append(("depth", "the sources produce no depth and no depth estimator runs before this stage; add a "
+                                  "depth stage with backend: depth_anything before it, or set depth: false"))
+    return problems
+
+
+def ray_storage(ctx: StageContext) -> tuple[str, bool]:
+    """(Ray Train's storage_path, whether it is a temporary directory): its result files stay on local disk."""
+    if fileio.is_local(ctx.stage_dir):
+        return str(fileio.local_path(ctx.path("ray_results"))), False
+    return tempfile.mkdtemp(prefix="wmsynth-ray-train-"), True
+
+
+@register_stage(STAGE, kind="aggregate", params=TrainWorldModelParams, check=check,
+                provides=("world_model", "world_model_split"))
+def train_world_model(rows: list[dict[str, str]], params: TrainWorldModelParams, ctx: StageContext) -> None:
     """Latent actions + world model trained jointly on Ray Train (TorchTrainer); checkpoints, resume; rows unchanged."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    rows = [r for r in ds.take_all() if r["status"] == OK]
-    if not rows:
-        return ds
-    out_dir = ctx.stage_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from world_model.checkpoint import latest_checkpoint
+
     if not ctx.resume:  # a fresh run of the stage starts from scratch
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-        (out_dir / "losses.jsonl").unlink(missing_ok=True)
+        fileio.remove(ctx.path("checkpoints"), recursive=True)
+        fileio.remove(ctx.path(LOSSES))
     split = plan_split(rows, params, ctx.seed)
     if not split["train"]:
-        raise ValueError(f"{STAGE}: no training episodes left after holding out {params.holdout_fraction:.0%}")
-    split_file = out_dir / "split.json"
-    split_file.write_text(json.dumps(split, indent=1))
+        raise StageError(f"{STAGE}: no training episodes left after holding out {params.holdout_fraction:.0%}")
+    split_file = ctx.path("split.json")
+    fileio.atomic_write_text(split_file, json.dumps(split, indent=1))
     model_config = params.model_config_obj(split["action_dims"])
     train_ids = set(split["train"])
-    # Materialised before the trainer reserves its CPUs: the rows are tiny, and a lazy filter would need a CPU that
-    # the training workers may hold (on a 2-core node they hold them all).
-    train_ds = ds.filter(lambda r: r["status"] == OK and r["episode_id"] in train_ids).materialize()
+    paths = [r["path"] for r in sorted(rows, key=lambda r: r["episode_id"]) if r["episode_id"] in train_ids]
     loop_config = {"model": model_config.to_dict(), "train": params.train_config(ctx.seed).to_dict(),
-                   "labelled": split["labelled"], "action_stats": split["action_stats"], "out_dir": str(out_dir),
-                   "resume": bool(ctx.resume), "use_gpu": params.use_gpu, "split_file": str(split_file)}
-    logger.info("%s: %d training episodes (%d labelled), %d held out; %d worker(s)", STAGE, len(split["train"]),
-                len(split["labelled"]), len(split["heldout"]), params.num_workers)
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=params.num_workers, use_gpu=params.use_gpu,
-                                     resources_per_worker={"CPU": params.cpus_per_worker}),
-        datasets={"train": train_ds},
-        run_config=RunConfig(name="ray_train", storage_path=str(out_dir / "ray_results")))
-    trainer.fit()
-    summary_file = out_dir / "train.json"
-    if summary_file.is_file():  # rank 0 wrote it
-        ctx.write_report({**json.loads(summary_file.read_text()), "train_episodes": len(split["train"]),
-                          "labelled_episodes": len(split["labelled"]), "heldout_episodes": len(split["heldout"]),
-                          "losses": str(out_dir / "losses.jsonl")})
-    return ds
+                   "labelled": split["labelled"], "action_stats": split["action_stats"], "out_dir": ctx.stage_dir,
+                   "paths": paths, "resume": bool(ctx.resume), "use_gpu": params.use_gpu, "split_file": split_file}
+    logger.info("%s: %d training episodes (%d labelled), %d held out; %d worker(s)%s", STAGE, len(split["train"]),
+                len(split["labelled"]), len(split["heldout"]), params.num_workers,
+                ", resuming from the newest complete checkpoint" if ctx.resume else "")
+    storage, temporary = ray_storage(ctx)
+    try:
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=params.num_workers, use_gpu=params.use_gpu,
+                                         resources_per_worker={"CPU": params.cpus_per_worker}),
+            run_config=RunConfig(name="ray_train", storage_path=storage))
+        trainer.fit()
+    finally:
+        if temporary:
+            shutil.rmtree(storage, ignore_errors=True)
+    summary = json.loads(fileio.read_text(ctx.path(SUMMARY)))  # rank 0 wrote it
+    checkpoint = summary.get("checkpoint") or latest_checkpoint(ctx.path("checkpoints"))
+    if checkpoint is None:
+        raise StageError(f"{STAGE}: training finished without a complete checkpoint under {ctx.path('checkpoints')}")
+    ctx.publish("world_model", checkpoint)
+    ctx.publish("world_model_split", split_file)
+    ctx.write_report({**summary, "checkpoint": checkpoint, "train_episodes": len(split["train"]),
+                      "labelled_episodes": len(split["labelled"]), "heldout_episodes": len(split["heldout"]),
+                      "losses": ctx.path(LOSSES)})

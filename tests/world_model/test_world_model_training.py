@@ -4,14 +4,20 @@ round-trip through safetensors + JSON, and a resumed run continues its step coun
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from latent_actions.model import LatentActionConfig
 from episodes import Episode
-from world_model.checkpoint import latest_checkpoint, load_model, load_world_model, save_checkpoint
+from episodes import io as fileio
+from latent_actions.model import LatentActionConfig
+from world_model.checkpoint import (
+    COMPLETE, is_complete, latest_checkpoint, list_checkpoints, load_model, load_optimizer, load_world_model,
+    prune_checkpoints, save_checkpoint,
+)
 from world_model.data import PairData, choose_labelled
 from world_model.deterministic import DeterministicConfig
 from world_model.evaluate import latent_metrics
@@ -116,8 +122,9 @@ def test_checkpoint_round_trip_is_safetensors_and_json(squares, tmp_path, backen
     model.train()
     model.compute_loss(data.batch(np.arange(16), normalizer))  # move VQ EMA buffers off their initial values
     model.eval()
-    path = save_checkpoint(tmp_path / "step-00000007", model, normalizer, step=7)
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    path = Path(save_checkpoint(tmp_path / "step-00000007", model, normalizer, step=7))
+    assert sorted(p.name for p in path.iterdir()) == [COMPLETE, "config.json", "model.safetensors"]
+    assert is_complete(path) and not list(tmp_path.glob(".tmp-*"))
     loaded, loaded_norm, saved = load_model(path)
     assert saved["step"] == 7 and loaded.config.to_dict() == config.to_dict()
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
@@ -143,14 +150,14 @@ def test_resume_continues_the_step_count(squares, tmp_path):
     config = tiny_model_config()
     tc = TrainConfig(steps=20, batch_size=8, checkpoint_every=10, log_every=5, num_threads=1)
     first = train(config, tc, data, tmp_path)
-    assert first.start_step == 0 and first.step == 20 and latest_checkpoint(tmp_path / "checkpoints").name == \
-        "step-00000020"
+    assert first.start_step == 0 and first.step == 20
+    assert fileio.name(latest_checkpoint(tmp_path / "checkpoints")) == "step-00000020"
     weights = {k: v.clone() for k, v in first.world_model.model.state_dict().items()}
     tc.steps = 30
     second = train(config, tc, _data(train_eps[:6]), tmp_path)
     assert second.start_step == 20 and second.step == 30
     assert [h["step"] for h in second.history] == [5, 10, 15, 20, 25, 30]
-    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000030"
+    assert fileio.name(latest_checkpoint(tmp_path / "checkpoints")) == "step-00000030"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000020", "step-00000030"]
     _, _, saved = load_model(tmp_path / "checkpoints" / "step-00000030")
     adam_steps = {v["step"] for v in saved["optimizer"]["scalars"].values()}
@@ -160,3 +167,60 @@ def test_resume_continues_the_step_count(squares, tmp_path):
     tc.steps = 25
     third = train(config, tc, _data(train_eps[:6]), tmp_path)
     assert third.start_step == 30 and third.step == 30
+
+
+@pytest.fixture
+def memory_root():
+    root = f"memory://wmsynth-test-{uuid.uuid4().hex[:8]}"
+    yield root
+    fileio.remove(root, recursive=True)
+
+
+def test_checkpoints_on_object_storage_commit_last_and_prune(squares, memory_root):
+    """memory:// stands for S3/GCS (no renames): files first, the marker last; incomplete ones never count."""
+    data = _data(squares[0][:2])
+    torch.manual_seed(0)
+    model = LatentWorldModel(tiny_model_config())
+    normalizer = ActionNormalizer({"square": 2}).fit(data)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.compute_loss(data.batch(np.arange(8), normalizer))[0].backward()
+    optimizer.step()
+    ckpts = fileio.join(memory_root, "run", "checkpoints")
+    for step in (2, 4, 6):
+        save_checkpoint(fileio.join(ckpts, f"step-{step:08d}"), model, normalizer, step=step, optimizer=optimizer)
+    assert [fileio.name(p) for p in list_checkpoints(ckpts)] == ["step-00000002", "step-00000004", "step-00000006"]
+    newest = latest_checkpoint(ckpts)
+    marker = json.loads(fileio.read_text(fileio.join(newest, COMPLETE)))
+    assert marker["step"] == 6 and set(marker["files"]) == {"config.json", "model.safetensors", "optimizer.safetensors"}
+    loaded, _, saved = load_model(newest)
+    assert saved["step"] == 6
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    fresh = torch.optim.AdamW(loaded.parameters(), lr=1e-3)
+    load_optimizer(newest, fresh)
+    assert fresh.state_dict()["state"][0]["step"] == 1.0
+
+    # an upload cut short before its marker: the files are there, the checkpoint does not count
+    fileio.remove(fileio.join(newest, COMPLETE))
+    assert fileio.exists(fileio.join(newest, "model.safetensors")) and not is_complete(newest)
+    assert fileio.name(latest_checkpoint(ckpts)) == "step-00000004"
+    prune_checkpoints(ckpts, keep=1)  # keeps the newest complete one, removes the rest (the incomplete one too)
+    assert [fileio.name(p) for p in fileio.listdir(ckpts)] == ["step-00000004"]
+    assert latest_checkpoint(fileio.join(memory_root, "nowhere")) is None
+
+
+def test_training_on_a_url_resumes_from_the_newest_complete_checkpoint(squares, memory_root):
+    train_eps, _ = squares
+    config = tiny_model_config()
+    tc = TrainConfig(steps=8, batch_size=8, checkpoint_every=4, log_every=2, num_threads=1)
+    out_dir = fileio.join(memory_root, "train")
+    first = train(config, tc, _data(train_eps[:4]), out_dir)
+    assert first.checkpoint == fileio.join(out_dir, "checkpoints", "step-00000008")
+    fileio.remove(fileio.join(first.checkpoint, COMPLETE))  # killed while writing step 8
+    tc.steps = 10
+    second = train(config, tc, _data(train_eps[:4]), out_dir)
+    assert second.start_step == 4 and second.step == 10
+    steps = [json.loads(line)["step"] for line in fileio.read_text(fileio.join(out_dir, "losses.jsonl")).splitlines()]
+    assert steps == [2, 4, 6, 8, 10]  # the log is the history of the run that reached step 10: nothing twice
+    assert [fileio.name(p) for p in list_checkpoints(fileio.join(out_dir, "checkpoints"))] == [
+        "step-00000008", "step-00000010"]
