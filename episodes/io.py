@@ -164,6 +164,8 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             tmp.unlink(missing_ok=True)
         return
     fs, inner = filesystem(path)
+    if "local" in fs.protocol or "file" in fs.protocol:  # local:// seen through fsspec: directories exist
+        fs.makedirs(posixpath.dirname(inner), exist_ok=True)
     fs.pipe_file(inner, data)  # a single PUT: the object appears complete or not at all
 
 

@@ -24,15 +24,11 @@ from typing import Any
 
 from episodes import Episode, EpisodeError
 from pipeline.stage import (
-    FILTERED, OK, QUARANTINED, Filtered, StageContext, StageParams, StageSpec, error_reason, row,
+    FILTERED, OK, QUARANTINED, Filtered, StageContext, StageError, StageParams, StageSpec, error_reason, row,
 )
 from pipeline.store import DONE_DIR, RunStore
 
 logger = logging.getLogger(__name__)
-
-
-class StageError(RuntimeError):
-    """A stage broke its contract or failed as a whole (not one episode): the run stops with this message."""
 
 
 def _finish_episode(store: RunStore, ctx: StageContext, out_row: dict[str, str]) -> dict[str, str]:

@@ -61,6 +61,10 @@ class Filtered(Exception):
     """Raised by a stage function to drop an episode on purpose; the reason goes to the manifest."""
 
 
+class StageError(RuntimeError):
+    """A stage broke its contract or failed as a whole (not one episode): the run stops with this message."""
+
+
 @dataclass
 class StageContext:
     """What a stage knows about its run. Picklable: map and source functions receive it in their Ray tasks."""

@@ -29,8 +29,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from episodes import io as fileio
-from pipeline.execute import StageError
-from pipeline.stage import CheckContext, Problem, StageContext, StageParams, register_stage
+from pipeline.stage import CheckContext, Problem, StageContext, StageError, StageParams, register_stage
 
 logger = logging.getLogger(__name__)
 

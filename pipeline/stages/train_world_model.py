@@ -40,8 +40,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from episodes import io as fileio
-from pipeline.execute import StageError
-from pipeline.stage import CheckContext, Problem, StageContext, StageParams, register_stage
+from pipeline.stage import CheckContext, Problem, StageContext, StageError, StageParams, register_stage
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ import pytest
 from episodes import io as fileio
 from pipeline.checks import check_run
 from pipeline.config import parse_config
-from pipeline.execute import StageError
 from pipeline.run import run
-from pipeline.stage import REGISTRY, StageContext, row
+from pipeline.stage import REGISTRY, StageContext, StageError, row
 from pipeline.stages.evaluate_world_model import EvaluateWorldModelParams, evaluate_world_model
 from pipeline.stages.train_world_model import TrainWorldModelParams, plan_split
 
