@@ -8,6 +8,8 @@ import pytest
 
 from tests.factories import make_episode
 
+pytest_plugins = ["tests.servers"]
+
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
