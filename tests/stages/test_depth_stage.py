@@ -9,8 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from episodes import Episode
-from pipeline.stage import OK, QUARANTINED, StageContext, row, run_episode_fn
-from pipeline.stages.depth import METRICS_FILE, DepthParams, depth, sensor_depth
+from pipeline.execute import map_one, run_map
+from pipeline.stage import OK, QUARANTINED, REGISTRY, StageContext, row
+from pipeline.stages.depth import METRICS_FILE, DepthParams, finish, sensor_depth
+from pipeline.store import RunStore
 from tests.factories import make_episode
 
 
@@ -32,8 +34,8 @@ def save_tiny_depth_anything(path, kind: str = "metric") -> str:
 
 
 def _ctx(run_dir, index: int = 1) -> StageContext:
-    return StageContext(run_dir=run_dir, stage_dir=run_dir / "stages" / f"{index:02d}_depth", seed=0, resume=False,
-                        index=index)
+    return StageContext(run_dir=str(run_dir), stage_dir=str(run_dir / "stages" / f"{index:02d}_depth"),
+                        stage="depth", seed=0, resume=False, index=index)
 
 
 def test_params_validation():
@@ -48,8 +50,8 @@ def test_params_validation():
 
 
 def test_sensor_backend_quarantines_an_episode_without_depth(tmp_path):
-    path = make_episode("no-depth", with_depth=False).save(tmp_path / "in" / "no-depth.npz")
-    out = run_episode_fn(sensor_depth, row("no-depth", path=str(path)), "depth", _ctx(tmp_path))
+    path = make_episode("no-depth", with_depth=False).save(tmp_path / "in" / "no-depth.episode")
+    out = map_one(row("no-depth", path=str(path)), sensor_depth, _ctx(tmp_path), RunStore(str(tmp_path)))
     assert out["status"] == QUARANTINED
     assert "depth_m.front" in out["reason"] and "configure an estimator backend" in out["reason"]
 
@@ -58,24 +60,26 @@ def test_depth_anything_backend_through_the_stage(ray_session, tmp_path):
     model = save_tiny_depth_anything(tmp_path / "tiny-da")
     with_gt = make_episode("ep-gt", num_frames=3, height=24, width=24)
     no_depth = make_episode("ep-rgb", num_frames=2, height=24, width=24, with_depth=False, seed=1)
-    paths = [ep.save(tmp_path / "in" / f"{ep.episode_id}.npz") for ep in (with_gt, no_depth)]
-    rows = [row(p.stem, path=str(p), stage="generate", source="test") for p in paths]
+    rows = [row(ep.episode_id, path=ep.save(tmp_path / "in" / f"{ep.episode_id}.episode"), stage="generate",
+                source="test") for ep in (with_gt, no_depth)]
     rows.append(row("ep-bad", status="filtered", reason="earlier stage", source="test"))
     params = DepthParams(backend="depth_anything", model=model, estimate_for="all", batch_size=2, local_files_only=True,
                          resources={"num_cpus": 0.5, "concurrency": 1})
     ctx = _ctx(tmp_path)
-    out = {r["episode_id"]: r for r in depth(ray_session.data.from_items(rows), params, ctx).take_all()}
+    out_rows = run_map(REGISTRY["depth"], rows, params, ctx, RunStore(ctx.run_dir))
+    finish(out_rows, params, ctx)
+    out = {r["episode_id"]: r for r in out_rows}
 
     assert out["ep-bad"]["status"] == "filtered"  # not-ok rows pass through
     for eid in ("ep-gt", "ep-rgb"):
         assert out[eid]["status"] == OK and out[eid]["stage"] == "depth", out[eid]
         episode = Episode.load(out[eid]["path"])
-        assert out[eid]["path"].startswith(str(ctx.episodes_dir))
+        assert out[eid]["path"] == ctx.episode_path(eid)
         assert episode.depth_m["front"].shape == episode.rgb["front"].shape[:3]
         assert episode.meta["depth"]["backend"] == "depth_anything" and episode.meta["depth"]["kind"] == "metric"
     assert not np.allclose(Episode.load(out["ep-gt"]["path"]).depth_m["front"], with_gt.depth_m["front"])
 
-    report = json.loads((ctx.stage_dir / METRICS_FILE).read_text())
+    report = json.loads((tmp_path / "stages" / "01_depth" / METRICS_FILE).read_text())
     assert set(report["episodes"]) == {"ep-gt"}  # only it had ground truth
     overall = report["overall"]
     assert overall["num_pixels"] == 3 * 24 * 24 and overall["absrel"] > 0 and 0 <= overall["delta1"] <= 1

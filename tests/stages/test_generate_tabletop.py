@@ -8,21 +8,34 @@ import pytest
 pytest.importorskip("pybullet")
 
 from episodes import Episode  # noqa: E402
+from pipeline.execute import produce_one, run_source  # noqa: E402
 from pipeline.stage import FILTERED, OK, QUARANTINED, REGISTRY, StageContext  # noqa: E402
 from pipeline.stages.generate_tabletop import (  # noqa: E402
     GenerateTabletopParams,
     episode_id,
     episode_seed,
-    generate_one,
     generate_tabletop,
 )
+from pipeline.store import RunStore  # noqa: E402
 
 TINY = {"image_size": 32, "max_steps": 40, "tasks": ["reach", "push"], "num_objects": (2, 3)}
 
 
 def _ctx(tmp_path, resume: bool = False, seed: int = 0) -> StageContext:
-    return StageContext(run_dir=tmp_path, stage_dir=tmp_path / "stages" / "00_generate_tabletop", seed=seed,
-                        resume=resume, index=0)
+    return StageContext(run_dir=str(tmp_path), stage_dir=str(tmp_path / "stages" / "00_generate_tabletop"),
+                        stage="generate_tabletop", seed=seed, resume=resume, index=0)
+
+
+def _run(params, ctx) -> list[dict]:
+    """The stage as the runner runs it (one Ray task per episode)."""
+    return sorted(run_source(REGISTRY["generate_tabletop"], params, ctx, RunStore(ctx.run_dir)),
+                  key=lambda r: r["episode_id"])
+
+
+def _one(index, params, ctx) -> dict:
+    """One episode in this process, as a task would make it."""
+    return produce_one({"episode_id": episode_id(index), "index": index}, generate_tabletop, params, ctx,
+                       RunStore(ctx.run_dir))
 
 
 def test_registered_as_source():
@@ -71,13 +84,13 @@ def test_stage_generates_episodes_in_parallel_on_ray(ray_session, tmp_path):
 
     params = GenerateTabletopParams(num_episodes=3, cameras=["front", "oblique"], **TINY)
     ctx = _ctx(tmp_path, seed=5)
-    rows = sorted(generate_tabletop(None, params, ctx).take_all(), key=lambda r: r["episode_id"])
+    rows = _run(params, ctx)
     assert [r["episode_id"] for r in rows] == [episode_id(i) for i in range(3)]
     assert all(r["status"] == OK and r["stage"] == "generate_tabletop" and r["source"] == "generate_tabletop"
                for r in rows), rows
     episodes = [Episode.load(r["path"]) for r in rows]
     for i, (r, episode) in enumerate(zip(rows, episodes)):
-        assert r["path"] == str(ctx.episode_path(r["episode_id"]))
+        assert r["path"] == ctx.episode_path(r["episode_id"])
         episode.validate()
         assert episode.episode_id == r["episode_id"] and episode.cameras == ["front", "oblique"]
         assert episode.rgb["oblique"].shape[1:] == (32, 32, 3)
@@ -89,17 +102,18 @@ def test_stage_generates_episodes_in_parallel_on_ray(ray_session, tmp_path):
     np.testing.assert_array_equal(again.action, episodes[1].action)
 
 
-def test_resume_skips_existing_episodes(ray_session, tmp_path):
+def test_resume_skips_finished_episodes(ray_session, tmp_path):
     params = GenerateTabletopParams(num_episodes=2, **TINY)
-    first = {r["episode_id"]: r for r in generate_tabletop(None, params, _ctx(tmp_path)).take_all()}
+    first = {r["episode_id"]: r for r in _run(params, _ctx(tmp_path))}
     kept, removed = (first[episode_id(i)]["path"] for i in range(2))
     marker = Episode.load(kept)
     marker.meta["marker"] = "left alone by resume"
     marker.save(kept)
     Episode.load(removed)  # exists before we remove it
     __import__("os").remove(removed)
+    __import__("os").remove(tmp_path / "stages" / "00_generate_tabletop" / "done" / f"{episode_id(1)}.json")
 
-    rows = {r["episode_id"]: r for r in generate_tabletop(None, params, _ctx(tmp_path, resume=True)).take_all()}
+    rows = {r["episode_id"]: r for r in _run(params, _ctx(tmp_path, resume=True))}
     assert all(r["status"] == OK for r in rows.values())
     assert Episode.load(rows[episode_id(0)]["path"]).meta.get("marker") == "left alone by resume"
     regenerated = Episode.load(rows[episode_id(1)]["path"])
@@ -113,7 +127,7 @@ def test_failing_episode_is_quarantined_not_fatal(tmp_path, monkeypatch):
         raise RuntimeError("IK diverged")
 
     monkeypatch.setattr(pipeline.sim.generate, "generate_episode", explode)
-    out = generate_one({"episode_index": 3}, GenerateTabletopParams(**TINY), _ctx(tmp_path))
+    out = _one(3, GenerateTabletopParams(**TINY), _ctx(tmp_path))
     assert out["status"] == QUARANTINED and out["episode_id"] == "tabletop-000003"
     assert out["reason"] == "RuntimeError: IK diverged" and out["path"] == ""
 
@@ -130,6 +144,6 @@ def test_failed_policy_is_filtered_when_failures_are_not_kept(tmp_path, monkeypa
 
     monkeypatch.setattr(pipeline.sim.generate, "generate_episode", failing)
     params = GenerateTabletopParams(keep_failures=False, **{**TINY, "tasks": ["reach"]})
-    out = generate_one({"episode_index": 0}, params, _ctx(tmp_path))
+    out = _one(0, params, _ctx(tmp_path))
     assert out["status"] == FILTERED and "policy failed" in out["reason"]
-    assert not _ctx(tmp_path).episode_path("tabletop-000000").exists()
+    assert not (tmp_path / "stages" / "00_generate_tabletop" / "episodes" / "tabletop-000000.episode").exists()
