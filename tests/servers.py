@@ -393,9 +393,9 @@ def _pids_with_env(var: str, value: str) -> list[int]:
     return found
 
 
-def start_ray_cluster_2node(extra_env: dict[str, str] | None = None, num_cpus_per_node: int = 1,
-                            object_store_bytes: int = 256 * 1024**2, timeout_s: float = 240.0) -> RayCluster:
-    """Start a head and a worker node with the venv's ``ray`` CLI; wait until both are ALIVE."""
+def start_ray_cluster(extra_env: dict[str, str] | None = None, num_cpus_per_node: int = 1, num_nodes: int = 2,
+                      object_store_bytes: int = 256 * 1024**2, timeout_s: float = 240.0) -> RayCluster:
+    """Start a head and ``num_nodes - 1`` worker nodes with the venv's ``ray`` CLI; wait until all are ALIVE."""
     ray_exe = VENV_BIN / "ray"
     marker = uuid.uuid4().hex
     temp_dir = Path(tempfile.mkdtemp(prefix="wmsray-", dir="/tmp"))  # short: Ray's unix sockets live under it
@@ -408,7 +408,7 @@ def start_ray_cluster_2node(extra_env: dict[str, str] | None = None, num_cpus_pe
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     })
-    (gcs_port, dash_port, client_port, head_agent_port, worker_agent_port) = free_ports(5)
+    (gcs_port, dash_port, client_port, head_agent_port, *worker_agent_ports) = free_ports(3 + num_nodes)
     common = [f"--num-cpus={num_cpus_per_node}", "--num-gpus=0", f"--object-store-memory={object_store_bytes}",
               "--disable-usage-stats"]
     # One --temp-dir per node: with a shared one both nodes use the same session dir, and the worker node's
@@ -417,13 +417,14 @@ def start_ray_cluster_2node(extra_env: dict[str, str] | None = None, num_cpus_pe
     head = [str(ray_exe), "start", "--head", f"--port={gcs_port}", "--include-dashboard=true",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", f"--ray-client-server-port={client_port}",
             f"--dashboard-agent-listen-port={head_agent_port}", f"--temp-dir={temp_dir / 'head'}", *common]
-    worker = [str(ray_exe), "start", f"--address=127.0.0.1:{gcs_port}",
-              f"--dashboard-agent-listen-port={worker_agent_port}", f"--temp-dir={temp_dir / 'worker'}", *common]
+    workers = [[str(ray_exe), "start", f"--address=127.0.0.1:{gcs_port}", f"--dashboard-agent-listen-port={port}",
+                f"--temp-dir={temp_dir / f'worker{i}'}", *common]
+               for i, port in enumerate(worker_agent_ports[: num_nodes - 1])]
     cluster = RayCluster(address=f"127.0.0.1:{gcs_port}", dashboard_url=f"http://127.0.0.1:{dash_port}", env=env,
                          temp_dir=temp_dir, marker=marker)
     t0 = time.monotonic()
     try:
-        for name, cmd in (("head", head), ("worker", worker)):
+        for name, cmd in [("head", head), *((f"worker{i}", w) for i, w in enumerate(workers))]:
             log_path = temp_dir / f"ray-start-{name}.log"
             with open(log_path, "wb") as log:
                 # its own session: Ctrl-C on pytest does not reach the daemons; teardown stops them by marker
@@ -436,11 +437,11 @@ def start_ray_cluster_2node(extra_env: dict[str, str] | None = None, num_cpus_pe
         while time.monotonic() - t0 < timeout_s:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 alive = cluster.alive_nodes()
-                if len(alive) >= 2:
+                if len(alive) >= num_nodes:
                     break
             time.sleep(0.5)
         else:
-            raise RuntimeError(f"2 nodes not alive after {timeout_s} s (alive: {len(alive)})")
+            raise RuntimeError(f"{num_nodes} nodes not alive after {timeout_s} s (alive: {len(alive)})")
     except BaseException:
         cluster.stop()
         raise
@@ -451,7 +452,7 @@ def start_ray_cluster_2node(extra_env: dict[str, str] | None = None, num_cpus_pe
 @pytest.fixture(scope="session")
 def ray_cluster_2node(s3_server):
     """A real 2-node Ray cluster (1 CPU per node) with a job server; the nodes see the S3 server's variables."""
-    cluster = start_ray_cluster_2node(extra_env=s3_server.env)
+    cluster = start_ray_cluster(extra_env=s3_server.env, num_nodes=2)
     try:
         yield cluster
     finally:
