@@ -16,8 +16,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """Start Ray once for the whole session (about 5 s on 2 cores); tests that need it take this fixture."""
+def ray_session(s3_server):
+    """Start Ray once for the whole session (about 5 s on 2 cores); tests that need it take this fixture.
+
+    The local S3 server starts first, so Ray's workers inherit its variables (AWS_ENDPOINT_URL, test keys) and any
+    test may use ``s3://`` run directories with this Ray.
+    """
     import ray
 
     if not ray.is_initialized():
