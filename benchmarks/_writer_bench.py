@@ -6,11 +6,11 @@
 
 The episodes are built once in memory. The lerobot loop writes them from memory into one dataset
 (``create -> add_frame -> save_episode -> finalize``) with the same features and the same encoder settings as our
-stage, so the ratio measures our path (rows, npz loading, schema probing, shards on Ray, checks, provenance) and not a
-codec choice. A second lerobot loop with lerobot's *default* writer settings (PNG/TIFF staging, default x265 preset)
-is reported alongside for context. Our input ``.npz`` files are written before the clock starts (they are the
-upstream stage's output). Both paths are warmed up once on one episode each (imports, Ray workers), so the numbers
-are steady-state; ``seconds_stage_cold`` is the first, cold call of our stage (2 one-episode shards).
+stage, so the ratio measures our path (rows, episode loading, schema probing, shards on Ray, checks, provenance,
+publication) and not a codec choice. A second lerobot loop with lerobot's *default* writer settings (PNG/TIFF staging,
+default x265 preset) is reported alongside for context. Our input episode files are written before the clock starts
+(they are the upstream stage's output). Both paths are warmed up once on one episode each (imports, Ray workers), so
+the numbers are steady-state; ``seconds_stage_cold`` is the first, cold call of our stage (2 one-episode shards).
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from episodes import Episode
-from pipeline.stage import StageContext, row
-from pipeline.stages.write_lerobot import ShardSchema, WriteLerobotParams, encoder_configs, write_lerobot
+from episodes import SUFFIX, Episode
+from pipeline.execute import run_aggregate
+from pipeline.lerobot_schema import ShardSchema
+from pipeline.lerobot_shard import encoder_configs
+from pipeline.stage import REGISTRY, StageContext, row
+from pipeline.stages.write_lerobot import STAGE, WriteLerobotParams
 
 REPO_ID = "wmsynth/bench"
 
@@ -63,7 +66,7 @@ def _lerobot_loop(root: Path, episodes: list[Episode], params: WriteLerobotParam
     schema = ShardSchema.of_episode(episodes[0], None, "bench")
     writer_options: dict[str, Any] = {}
     if same_settings:
-        rgb_encoder, depth_encoder = encoder_configs(params)
+        rgb_encoder, depth_encoder = encoder_configs(params.writer_settings())
         writer_options = dict(rgb_encoder=rgb_encoder, depth_encoder=depth_encoder,
                               encoder_threads=params.encoder_threads, streaming_encoding=True,
                               encoder_queue_maxsize=0)
@@ -86,15 +89,14 @@ def _lerobot_loop(root: Path, episodes: list[Episode], params: WriteLerobotParam
 
 
 def _ours(run_dir: Path, paths: list[Path], params: WriteLerobotParams) -> float:
-    """Seconds for the write_lerobot stage, as the runner calls it: rows in, rows out (consumed)."""
-    import ray
-
+    """Seconds for the write_lerobot stage, as the runner calls it: rows in, rows out."""
+    run_dir = run_dir.absolute()  # Ray tasks run in another working directory
     shutil.rmtree(run_dir, ignore_errors=True)
-    ctx = StageContext(run_dir=run_dir, stage_dir=run_dir / "stages" / "write_lerobot", seed=0, resume=False,
-                       index=1)
-    rows = [row(p.stem, path=str(p), stage="depth", source="bench") for p in paths]
+    ctx = StageContext(run_dir=str(run_dir), stage_dir=str(run_dir / "stages" / STAGE), stage=STAGE, seed=0,
+                       resume=False, index=1)
+    rows = [row(Path(p).stem, path=str(p), stage="depth", source="bench") for p in paths]
     start = time.perf_counter()
-    out = write_lerobot(ray.data.from_items(rows), params, ctx).take_all()
+    out = run_aggregate(REGISTRY[STAGE], rows, params, ctx)
     seconds = time.perf_counter() - start
     bad = [r for r in out if r["status"] != "written"]
     if bad:
@@ -122,7 +124,7 @@ def bench_writer(tmp_dir: str | Path, num_episodes: int = 8, num_frames: int = 5
         params = WriteLerobotParams(repo_id=REPO_ID, episodes_per_shard=per_shard)
 
         episodes = [synthetic_episode(i, num_frames, size) for i in range(num_episodes)]
-        paths = [ep.save(tmp_dir / "episodes" / f"{ep.episode_id}.npz") for ep in episodes]
+        paths = [ep.save(tmp_dir / "episodes" / f"{ep.episode_id}{SUFFIX}") for ep in episodes]
         total_frames = sum(ep.num_frames for ep in episodes)
 
         warm = WriteLerobotParams(repo_id=REPO_ID, episodes_per_shard=1)

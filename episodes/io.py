@@ -183,7 +183,10 @@ def upload_dir(local_dir: PathLike, target: PathLike) -> None:
         return
     fs, inner = filesystem(target)
     for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        fs.put_file(str(file), posixpath.join(inner, file.relative_to(local_dir).as_posix()))
+        dest = posixpath.join(inner, file.relative_to(local_dir).as_posix())
+        if "local" in fs.protocol or "file" in fs.protocol:  # local:// seen through fsspec: directories exist
+            fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+        fs.put_file(str(file), dest)
 
 
 def download_dir(source: PathLike, local_dir: PathLike) -> None:

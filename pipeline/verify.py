@@ -1,12 +1,18 @@
 """Check a finished run's shards through lerobot's own reader against the episodes that went into them.
 
     wmsynth verify runs/demo [--frames-per-episode 6]
+    wmsynth verify s3://bucket/runs/demo
 
-For every shard: ``LeRobotDataset(repo_id, root=shard)`` must load; each episode's length must equal the source
-episode's; on sampled frames (evenly spaced, first and last included) RGB is compared as PSNR, depth (read back in
-metres) as the median relative error over pixels with a measurement, state and action as the largest absolute
-difference. The figures go to ``<run>/verify.json`` and to stdout; the check fails when depth is off by more than
-``max_depth_rel_err`` (1 %) or lengths differ.
+For every shard of the manifest: it must be complete (``_COMPLETE`` marker, ``pipeline.shards``); on object storage
+it is downloaded (streamed) into a temp directory, one shard at a time; ``LeRobotDataset(repo_id, root=shard)`` must
+load; each episode's length must equal the source episode's (read from the input path in the shard's provenance,
+relative to the run directory); on sampled frames (evenly spaced, first and last included) RGB is compared as PSNR,
+depth (read back in metres) as the median relative error over pixels with a measurement, state and action as the
+largest absolute difference. When the run deleted its episode files (``keep_intermediates: false``) only lengths are
+compared (against the provenance). Shard directories without ``_COMPLETE`` (an interrupted writer) are skipped and
+listed. The figures go to ``<run>/verify.json`` and to stdout; the check fails when depth is off by more than
+``max_depth_rel_err`` (1 %), lengths differ, a source episode is missing although the run kept its episode files, or
+a shard of the manifest is missing or incomplete.
 """
 
 from __future__ import annotations
@@ -19,10 +25,15 @@ from typing import Any
 import numpy as np
 
 from episodes import Episode
+from episodes import io as fileio
+from pipeline import shards
+from pipeline.lerobot_shard import PROVENANCE_FILE
+from pipeline.store import RunStore
 
 logger = logging.getLogger(__name__)
 
-PROVENANCE_FILE = "meta/wmsynth_provenance.json"
+MANIFEST = "manifest.json"
+REPORT = "verify.json"
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -30,7 +41,8 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def verify_shard(shard_dir: Path, frames_per_episode: int) -> dict[str, Any]:
+def verify_shard(shard_dir: Path, frames_per_episode: int, store: RunStore) -> dict[str, Any]:
+    """Compare one local shard directory with its source episodes (paths resolved against ``store``'s run dir)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     info = json.loads((shard_dir / "meta" / "info.json").read_text())
@@ -39,10 +51,16 @@ def verify_shard(shard_dir: Path, frames_per_episode: int) -> dict[str, Any]:
     dataset = LeRobotDataset(repo_id, root=shard_dir, video_backend="pyav", depth_output_unit="m")
     starts = dataset.meta.episodes["dataset_from_index"]
     lengths = dataset.meta.episodes["length"]
-    rel_errs, psnrs, state_err, action_err, length_mismatch = [], [], 0.0, 0.0, []
+    rel_errs, psnrs, state_err, action_err, length_mismatch, source_missing = [], [], 0.0, 0.0, [], []
     for entry in provenance["episodes"]:
         index, episode_id = int(entry["episode_index"]), entry["episode_id"]
-        source = Episode.load(entry["input_path"])
+        path = store.absolute(entry["input_path"])
+        if not fileio.exists(path):  # deleted (keep_intermediates: false): only the length can be checked
+            source_missing.append(episode_id)
+            if int(lengths[index]) != int(entry["num_frames"]):
+                length_mismatch.append(episode_id)
+            continue
+        source = Episode.load(path)
         if int(lengths[index]) != source.num_frames:
             length_mismatch.append(episode_id)
             continue
@@ -66,6 +84,7 @@ def verify_shard(shard_dir: Path, frames_per_episode: int) -> dict[str, Any]:
         "episodes": len(provenance["episodes"]),
         "frames": int(info["total_frames"]),
         "length_mismatch": length_mismatch,
+        "source_missing": source_missing,
         "rgb_psnr_db": psnrs,
         "depth_rel_errs": all_rel,
         "state_max_abs_err": state_err,
@@ -74,24 +93,42 @@ def verify_shard(shard_dir: Path, frames_per_episode: int) -> dict[str, Any]:
 
 
 def verify_run(run_dir: str | Path, frames_per_episode: int = 6, max_depth_rel_err: float = 0.01) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    shards = [verify_shard(run_dir / "shards" / s["name"], frames_per_episode) for s in manifest["shards"]]
-    rel = np.concatenate([s.pop("depth_rel_errs") for s in shards]) if shards else np.zeros(0)
-    psnr = [p for s in shards for p in s.pop("rgb_psnr_db")]
+    """Verify every shard the run's manifest lists; writes and returns the report (``ok`` says whether it passed)."""
+    store = RunStore(str(run_dir))
+    manifest = store.read_json(store.path(MANIFEST))
+    if manifest is None:
+        raise FileNotFoundError(f"{store.path(MANIFEST)} not found: verify a finished run (wmsynth run ...)")
+    shards_dir = store.absolute(manifest.get("shards_dir", shards.SHARDS_DIRNAME))
+    listing = shards.list_shards(shards_dir)
+    for path in listing.incomplete:
+        logger.warning("verify: skipping %s: no %s marker (an interrupted writer left it)", path, shards.COMPLETE)
+    wanted = [s["name"] for s in manifest["shards"]]
+    missing = [name for name in wanted if name not in listing.complete]
+    results = []
+    for name in wanted:
+        if name in listing.complete:
+            with shards.local_copy(fileio.join(shards_dir, name), listing.complete[name]) as local:
+                results.append(verify_shard(local, frames_per_episode, store))
+    rel = np.concatenate([s.pop("depth_rel_errs") for s in results]) if results else np.zeros(0)
+    psnr = [p for s in results for p in s.pop("rgb_psnr_db")]
     report = {
-        "run_dir": str(run_dir),
-        "shards": len(shards),
-        "episodes": sum(s["episodes"] for s in shards),
-        "frames": sum(s["frames"] for s in shards),
-        "length_mismatch": [e for s in shards for e in s["length_mismatch"]],
+        "run_dir": store.run_dir,
+        "shards": len(results),
+        "episodes": sum(s["episodes"] for s in results),
+        "frames": sum(s["frames"] for s in results),
+        "length_mismatch": [e for s in results for e in s["length_mismatch"]],
+        "source_missing": [e for s in results for e in s["source_missing"]],
+        "missing_shards": missing,  # in the manifest, but absent or without _COMPLETE
+        "skipped_incomplete": [fileio.name(p) for p in listing.incomplete],
         "depth_median_rel_err": float(np.median(rel)) if rel.size else None,
         "depth_p99_rel_err": float(np.percentile(rel, 99)) if rel.size else None,
         "rgb_psnr_db_mean": float(np.mean([p for p in psnr if np.isfinite(p)] or [float("inf")])),
-        "state_max_abs_err": max((s["state_max_abs_err"] for s in shards), default=0.0),
-        "action_max_abs_err": max((s["action_max_abs_err"] for s in shards), default=0.0),
+        "state_max_abs_err": max((s["state_max_abs_err"] for s in results), default=0.0),
+        "action_max_abs_err": max((s["action_max_abs_err"] for s in results), default=0.0),
     }
-    report["ok"] = (not report["length_mismatch"] and report["episodes"] > 0
+    # Source episodes may be gone only when the run removed them itself (keep_intermediates: false).
+    sources_ok = not report["source_missing"] or "intermediates_removed_bytes" in manifest
+    report["ok"] = (not report["length_mismatch"] and not missing and sources_ok and report["episodes"] > 0
                     and (report["depth_median_rel_err"] is None or report["depth_median_rel_err"] <= max_depth_rel_err))
-    (run_dir / "verify.json").write_text(json.dumps(report, indent=2))
+    fileio.atomic_write_text(store.path(REPORT), json.dumps(report, indent=2))
     return report
