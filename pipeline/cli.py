@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if getattr(args, "verbose", 0) else logging.WARNING if getattr(args, "quiet", 0) \
         else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:  # the console keeps -q even when run.log records INFO
+        handler.setLevel(level)
     for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if args.command == "stages":

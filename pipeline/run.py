@@ -82,6 +82,11 @@ class RunLog:
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.handler.setLevel(logging.INFO)
         logging.getLogger().addHandler(self.handler)
+        # The run's own INFO lines reach run.log even when the caller's logging is quieter (a library user, pytest).
+        self.logger = logging.getLogger("pipeline")
+        self.level = self.logger.level
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
 
     def publish(self) -> None:
         self.handler.flush()
@@ -92,6 +97,7 @@ class RunLog:
     def close(self) -> None:
         self.publish()
         logging.getLogger().removeHandler(self.handler)
+        self.logger.setLevel(self.level)
         self.handler.close()
         if not fileio.is_local(self.store.run_dir):
             os.unlink(self.local)
@@ -285,6 +291,7 @@ def build_manifest(config: RunConfig, store: RunStore, rows: list[dict[str, str]
         "config": config.source_file,
         "seed": config.seed,
         "partial": partial,
+        "keep_intermediates": config.keep_intermediates,
         "command": redact(" ".join(["wmsynth", *sys.argv[1:]])) if sys.argv and "wmsynth" in sys.argv[0] else "",
         "started_at": started_at,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
