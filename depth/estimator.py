@@ -72,6 +72,8 @@ class EstimatorConfig:
             raise ValueError(f"input_size: expected >= 8 pixels or None, got {self.input_size}")
         if self.kind not in ("auto", "relative", "metric"):
             raise ValueError(f"kind: expected auto, relative or metric, got {self.kind!r}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads: expected >= 1 or None, got {self.torch_threads}")
 
 
 @dataclass(frozen=True)

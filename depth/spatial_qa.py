@@ -97,7 +97,7 @@ class QAConfig:
         if self.families is not None:
             unknown = [f for f in self.families if f not in FAMILIES]
             if unknown or not self.families:
-                raise ValueError(f"families: unknown {unknown} (known: {', '.join(FAMILIES)})" if unknown
+                raise ValueError(f"families: unknown families {unknown} (known: {', '.join(FAMILIES)})" if unknown
                                  else "families: expected at least one family (or None for all)")
         if self.max_per_family < 1:
             raise ValueError(f"max_per_family: expected >= 1, got {self.max_per_family}")

@@ -12,37 +12,13 @@ sees s_t alone (no path from s_t+1 but z). It predicts the frame *difference*, a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class DeterministicConfig:
-    in_channels: int = 6
-    image_size: int = 64
-    cond_dim: int = 16  # dimension of z
-    channels: tuple[int, ...] = (32, 64, 128)  # per level, the first at H/2
-    blocks_per_level: int = 1
-    bottleneck_blocks: int = 2
-
-    def __post_init__(self):
-        self.channels = tuple(int(c) for c in self.channels)
-        for name in ("in_channels", "cond_dim", "blocks_per_level", "bottleneck_blocks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if len(self.channels) < 2 or any(c <= 0 or c % 8 for c in self.channels):
-            raise ValueError(f"channels: expected two or more widths, each a multiple of 8, got {list(self.channels)}")
-        down = 2 ** len(self.channels)
-        if self.image_size < down or self.image_size % down:
-            raise ValueError(f"image_size: expected a multiple of {down} (2 ** len(channels)), got {self.image_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+from world_model.config import DeterministicConfig
 
 
 class FiLMResBlock(nn.Module):

@@ -17,50 +17,11 @@ scheduler the wrapper owns (``make_scheduler``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
-
-
-@dataclass
-class DiffusionConfig:
-    in_channels: int = 6
-    image_size: int = 64
-    cond_dim: int = 16
-    patch_size: int = 4  # space-to-depth factor before the UNet
-    block_out_channels: tuple[int, ...] = (48, 96)
-    layers_per_block: int = 1
-    num_train_timesteps: int = 1000
-    num_inference_steps: int = 4
-    prediction_type: PredictionType = "sample"  # x0; see the module docstring
-
-    def __post_init__(self):
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        for name in ("in_channels", "cond_dim", "patch_size", "layers_per_block", "num_train_timesteps",
-                     "num_inference_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction_type: expected epsilon, v_prediction or sample, got {self.prediction_type!r}")
-        if not self.block_out_channels or any(c <= 0 or c % 8 for c in self.block_out_channels):
-            raise ValueError(f"block_out_channels: expected widths that are multiples of 8, "
-                             f"got {list(self.block_out_channels)}")
-        down = self.patch_size * 2 ** (len(self.block_out_channels) - 1)
-        if self.image_size % down:
-            raise ValueError(f"image_size: expected a multiple of {down} (patch_size * 2 ** (levels - 1)), "
-                             f"got {self.image_size}")
-        if self.num_inference_steps > self.num_train_timesteps:
-            raise ValueError(f"num_inference_steps: expected <= num_train_timesteps ({self.num_train_timesteps}), "
-                             f"got {self.num_inference_steps}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+from world_model.config import DiffusionConfig
 
 
 def make_scheduler(config: DiffusionConfig):

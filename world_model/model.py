@@ -14,96 +14,20 @@ diffusion: the denoising loss), with pixel weights ``1 + motion_weight`` where t
 reconstruction term, so they read the latent space without shaping it.
 
 States are camera images (and optionally depth) stacked as channels (see ``world_model.data``); actions arrive
-normalised (``world_model.wrapper.ActionNormalizer``).
+normalised (``world_model.wrapper.ActionNormalizer``). The configs (``WorldModelConfig`` and its backends' configs)
+are in ``world_model.config``, which imports no torch, so the pipeline checks them without loading torch.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latent_actions.model import LatentActionConfig, LatentActionModel
-from world_model.deterministic import DeterministicConfig, DeterministicPredictor
-from world_model.diffusion import DiffusionConfig, DiffusionPredictor
-
-Backend = Literal["deterministic", "diffusion"]
-CAMERA_NAMES = ("front", "side", "top", "oblique", "wrist")
-
-
-@dataclass
-class WorldModelConfig:
-    # what a state is
-    cameras: tuple[str, ...] = ("oblique", "top", "wrist")
-    depth: bool = False  # add each camera's depth map as a channel
-    max_depth_m: float = 2.0  # depth is clipped to [0, max_depth_m] and scaled to [-1, 1]
-    image_size: int = 64
-    # the networks (their channel counts, image size and z width are filled in from the fields above)
-    backend: Backend = "deterministic"
-    latent: LatentActionConfig = field(default_factory=LatentActionConfig)
-    deterministic: DeterministicConfig = field(default_factory=DeterministicConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    # the objective
-    alignment: bool = True
-    recon_weight: float = 1.0
-    action_recon_weight: float = 1.0
-    align_weight: float = 0.1  # small: E should learn mostly from reconstruction (all data), not overfit the labels
-    head_weight: float = 0.1
-    motion_weight: float = 10.0  # extra loss weight on pixels that change between s_t and s_t+1
-    motion_threshold: float = 0.03  # a pixel changes if any channel moves more than this (in [-1, 1] units)
-
-    def __post_init__(self):
-        if isinstance(self.latent, dict):
-            self.latent = LatentActionConfig(**self.latent)
-        if isinstance(self.deterministic, dict):
-            self.deterministic = DeterministicConfig(**self.deterministic)
-        if isinstance(self.diffusion, dict):
-            self.diffusion = DiffusionConfig(**self.diffusion)
-        self.cameras = tuple(self.cameras)
-        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"cameras: expected one or more distinct camera names, got {list(self.cameras)}")
-        if self.backend not in ("deterministic", "diffusion"):
-            raise ValueError(f"backend: expected deterministic or diffusion, got {self.backend!r}")
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 8:
-            raise ValueError(f"image_size: expected an integer >= 8, got {self.image_size!r}")
-        if not self.max_depth_m > 0:
-            raise ValueError(f"max_depth_m: expected > 0, got {self.max_depth_m!r}")
-        for name in ("recon_weight", "action_recon_weight", "align_weight", "head_weight", "motion_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
-        if not 0 < self.motion_threshold < 2:
-            raise ValueError(f"motion_threshold: expected 0 < threshold < 2, got {self.motion_threshold!r}")
-        # one source of truth for the shapes: rebuild the sub-configs so they agree (and re-validate)
-        shape = {"in_channels": self.in_channels, "image_size": self.image_size}
-        self.latent = LatentActionConfig(**{**self.latent.to_dict(), **shape})
-        self.deterministic = DeterministicConfig(**{**self.deterministic.to_dict(), **shape,
-                                                    "cond_dim": self.latent.latent_dim})
-        self.diffusion = DiffusionConfig(**{**self.diffusion.to_dict(), **shape, "cond_dim": self.latent.latent_dim})
-
-    @property
-    def in_channels(self) -> int:
-        return (4 if self.depth else 3) * len(self.cameras)
-
-    @property
-    def embodiments(self) -> list[str]:
-        return sorted(self.latent.embodiments)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"cameras": list(self.cameras), "depth": self.depth, "max_depth_m": self.max_depth_m,
-                "image_size": self.image_size, "backend": self.backend, "latent": self.latent.to_dict(),
-                "deterministic": self.deterministic.to_dict(), "diffusion": self.diffusion.to_dict(),
-                "alignment": self.alignment, "recon_weight": self.recon_weight,
-                "action_recon_weight": self.action_recon_weight, "align_weight": self.align_weight,
-                "head_weight": self.head_weight, "motion_weight": self.motion_weight,
-                "motion_threshold": self.motion_threshold}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:
-        return cls(**d)
+from latent_actions.model import LatentActionModel
+from world_model.config import WorldModelConfig
+from world_model.deterministic import DeterministicPredictor
+from world_model.diffusion import DiffusionPredictor
 
 
 def motion_weights(s_t: torch.Tensor, s_next: torch.Tensor, motion_weight: float, threshold: float) -> torch.Tensor:

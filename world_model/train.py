@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,55 +31,14 @@ from episodes import io as fileio
 from world_model.checkpoint import (
     latest_checkpoint, load_model, load_optimizer, prune_checkpoints, read_config, save_checkpoint, step_dir_name,
 )
+from world_model.config import TrainConfig, WorldModelConfig
 from world_model.data import BatchSampler, PairData
-from world_model.model import LatentWorldModel, WorldModelConfig
+from world_model.model import LatentWorldModel
 from world_model.wrapper import ActionNormalizer, WorldModel
 
 logger = logging.getLogger(__name__)
 
 LOSSES = "losses.jsonl"
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 3000  # total optimizer steps (a resumed run continues up to this)
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    labelled_batch_fraction: float | None = 0.25  # share of each batch drawn from labelled pairs (None: natural)
-    source_weights: dict[str, float] | None = None  # batch mix of sources (None: in proportion to their pairs)
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 50
-    seed: int = 0
-    num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected > 0, got {self.lr!r}")
-        for name in ("weight_decay", "warmup_steps", "grad_clip", "num_threads"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)!r}")
-        if self.labelled_batch_fraction is not None and not 0 < self.labelled_batch_fraction < 1:
-            raise ValueError(f"labelled_batch_fraction: expected 0 < fraction < 1 or None, "
-                             f"got {self.labelled_batch_fraction!r}")
-        if self.source_weights is not None and any(w < 0 for w in self.source_weights.values()):
-            raise ValueError(f"source_weights: expected weights >= 0, got {self.source_weights}")
-
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
-        return self.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

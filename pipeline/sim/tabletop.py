@@ -101,27 +101,31 @@ class TabletopConfig:
         self.num_objects = tuple(int(n) for n in self.num_objects)
         for name in ("width", "height"):
             value = getattr(self, name)
-            if not 8 <= value <= 1024:
-                raise ValueError(f"{name}: expected 8..1024 pixels, got {value}")
+            if not 16 <= value <= 512:
+                raise ValueError(f"{name}: expected 16..512 pixels, got {value}")
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"cameras: expected distinct names, got {list(self.cameras)}")
         for cam in self.cameras:
             if cam not in CAMERA_NAMES:
                 raise ValueError(f"cameras: unknown {cam!r} (known: {', '.join(CAMERA_NAMES)})")
-        if not self.tasks:
-            raise ValueError("tasks: expected at least one task family")
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: expected one or more distinct task families, got {list(self.tasks)}")
         for task in self.tasks:
             if task not in TASK_FAMILIES:
                 raise ValueError(f"tasks: unknown {task!r} (known: {', '.join(TASK_FAMILIES)})")
         lo, hi = self.num_objects if len(self.num_objects) == 2 else (0, -1)
         if not 2 <= lo <= hi <= 6:
             raise ValueError(f"num_objects: expected (min, max) with 2 <= min <= max <= 6, got {self.num_objects}")
-        if not 0 < self.fps <= 60:
-            raise ValueError(f"fps: expected 0 < fps <= 60, got {self.fps}")
-        if self.physics_hz < self.fps or abs(self.physics_hz / self.fps - round(self.physics_hz / self.fps)) > 1e-6:
-            raise ValueError(f"physics_hz: expected a multiple of fps ({self.fps}), got {self.physics_hz}")
-        if self.max_steps < 2:
-            raise ValueError(f"max_steps: expected at least 2 frames, got {self.max_steps}")
+        if not 0 < self.fps <= 30:
+            raise ValueError(f"fps: expected 0 < fps <= 30, got {self.fps}")
+        if not 60 <= self.physics_hz <= 2000:
+            raise ValueError(f"physics_hz: expected 60..2000, got {self.physics_hz}")
+        ratio = self.physics_hz / self.fps
+        if abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(f"physics_hz: expected a whole multiple of fps ({self.fps:g}), e.g. "
+                             f"{round(ratio) * self.fps:g}, got {self.physics_hz}")
+        if not 2 <= self.max_steps <= 2000:
+            raise ValueError(f"max_steps: expected 2..2000 frames, got {self.max_steps}")
         if not 0 <= self.camera_jitter_m <= 0.1:
             raise ValueError(f"camera_jitter_m: expected 0..0.1 m, got {self.camera_jitter_m}")
 

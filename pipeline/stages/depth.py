@@ -33,37 +33,40 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from depth.estimator import AlignmentConfig, EstimatorConfig
 from episodes import Episode, EpisodeError, read_meta
 from episodes.io import atomic_write_text
-from pipeline.stage import OK, Resources, StageContext, StageParams, register_stage
+from pipeline.params import ConfigFields, params_from
+from pipeline.stage import OK, Resources, StageContext, register_stage
 
 logger = logging.getLogger(__name__)
 
 STAGE = "depth"
 METRICS_FILE = "depth_metrics.json"
 
+# depth_anything's fields, their types, defaults and limits from ``depth.estimator``'s configs.
+ESTIMATOR = ConfigFields(EstimatorConfig, {
+    "kind": "auto: the checkpoint's depth_estimation_type",
+    "device": "auto: cuda when the actor sees a GPU",
+    "batch_size": "frames per forward pass",
+    "input_size": "model input side in pixels; None: the processor's",
+    "local_files_only": "load the model from disk or the HF cache only",
+    "torch_threads": "torch threads per actor; None: resources.num_cpus, at least 1",
+})
+ALIGNMENT = ConfigFields(AlignmentConfig, {
+    "estimate_for": "missing: cameras without depth; all: every camera, sensor depth kept as ground truth for the "
+                    "metrics",
+    "alignment": "auto: relative -> least-squares scale/shift in disparity, metric -> none",
+    "cues": "metric cues pooled for alignment",
+    "num_cue_pixels": "sensor cue pixels per frame",
+    "support_segment_id": "segmentation id of the support (default: the simulator's table)",
+    "support_plane_z_m": "world height of the support plane",
+})
 
-class DepthParams(StageParams):
+
+class DepthParams(params_from(ESTIMATOR, ALIGNMENT)):
     backend: Literal["sensor", "depth_anything"] = "sensor"
     model: str | None = Field(None, description="depth_anything: hub id or local directory of the checkpoint")
-    kind: Literal["auto", "relative", "metric"] = Field("auto", description="auto: the checkpoint's "
-                                                                              "depth_estimation_type")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the actor sees a GPU")
-    batch_size: int = Field(8, ge=1, description="frames per forward pass")
-    input_size: int | None = Field(None, ge=8, description="model input side in pixels; None: the processor's")
-    estimate_for: Literal["missing", "all"] = Field(
-        "missing", description="missing: cameras without depth; all: every camera, sensor depth kept as ground truth "
-                               "for the metrics")
-    alignment: Literal["auto", "none", "scale_shift"] = Field(
-        "auto", description="auto: relative -> least-squares scale/shift in disparity, metric -> none")
-    cues: list[Literal["sensor", "table_plane"]] = Field(default_factory=lambda: ["sensor", "table_plane"],
-                                                         description="metric cues pooled for alignment")
-    num_cue_pixels: int = Field(200, ge=2, description="sensor cue pixels per frame")
-    support_segment_id: int | None = Field(None, description="segmentation id of the support (default: the "
-                                                             "simulator's table)")
-    support_plane_z_m: float = Field(0.0, description="world height of the support plane")
-    local_files_only: bool = Field(False, description="load the model from disk or the HF cache only")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor; default: num_cpus, at least 1")
     resources: Resources = Resources(num_cpus=0.5)
 
     @model_validator(mode="after")
@@ -78,20 +81,16 @@ class DepthParams(StageParams):
             raise ValueError("alignment none with kind relative would give unitless depth; use auto or scale_shift")
         return self
 
-    def estimator_config(self):
-        from depth.estimator import EstimatorConfig
+    def library_configs(self) -> list[Any]:
+        return [self.estimator_config(), self.alignment_config(seed=0)]
 
-        threads = self.torch_threads or max(1, int(round(self.resources.num_cpus)))
-        return EstimatorConfig(model=str(self.model), device=self.device, batch_size=self.batch_size,
-                               input_size=self.input_size, kind=self.kind, torch_threads=threads,
-                               local_files_only=self.local_files_only)
+    def estimator_config(self) -> EstimatorConfig:
+        """The estimator of backend depth_anything (with backend sensor it names no model and is only validated)."""
+        threads = max(1, int(round(self.resources.num_cpus))) if self.torch_threads is None else self.torch_threads
+        return EstimatorConfig(**{**ESTIMATOR.values(self), "model": self.model or "none", "torch_threads": threads})
 
-    def alignment_config(self, seed: int):
-        from depth.estimator import AlignmentConfig
-
-        return AlignmentConfig(alignment=self.alignment, cues=tuple(self.cues), num_cue_pixels=self.num_cue_pixels,
-                               support_segment_id=self.support_segment_id, support_plane_z_m=self.support_plane_z_m,
-                               estimate_for=self.estimate_for, seed=seed)
+    def alignment_config(self, seed: int) -> AlignmentConfig:
+        return AlignmentConfig(**ALIGNMENT.values(self), seed=seed)
 
 
 def sensor_depth(episode: Episode) -> Episode:

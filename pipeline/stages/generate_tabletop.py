@@ -15,70 +15,47 @@ quarantined row, and with ``keep_failures: false`` an episode whose scripted pol
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from episodes import Episode
-from pipeline.stage import Filtered, Resources, StageContext, StageParams, register_stage
+from pipeline.params import ConfigFields, params_from
+from pipeline.sim.spec import CAMERA_NAMES, TASK_FAMILIES
+from pipeline.sim.tabletop import TabletopConfig
+from pipeline.stage import Filtered, Resources, StageContext, register_stage
 
 logger = logging.getLogger(__name__)
 
 STAGE = "generate_tabletop"
-TaskName = Literal["pick_place", "push", "stack", "reach"]
-CameraName = Literal["front", "side", "top", "oblique", "wrist"]
+
+# The simulator's fields, their types, defaults and limits from ``TabletopConfig`` (one square image size).
+SIM = ConfigFields(TabletopConfig, {
+    "image_size": "square image side in pixels",
+    "fps": "control and recording rate",
+    "physics_hz": "physics rate; a whole multiple of fps",
+    "max_steps": "most frames per episode (the scripted policy ends sooner)",
+    "tasks": f"task families, drawn uniformly per episode (of {', '.join(TASK_FAMILIES)})",
+    "cameras": f"cameras to render (of {', '.join(CAMERA_NAMES)})",
+    "num_objects": "(min, max) objects per scene, not counting the tray",
+    "depth": "",
+    "segmentation": "",
+    "shadows": "TinyRenderer shadows: nicer, about half the frame rate",
+    "camera_jitter_m": "per-episode jitter of static camera eyes",
+}, renamed={"image_size": "width"})
 
 
-class GenerateTabletopParams(StageParams):
+class GenerateTabletopParams(params_from(SIM)):
     num_episodes: int = Field(24, ge=1, description="episodes to generate")
-    image_size: int = Field(128, ge=16, le=512, description="square image side in pixels")
-    fps: float = Field(10.0, gt=0, le=30, description="control and recording rate")
-    physics_hz: int = Field(240, ge=60, le=2000, description="physics rate; a multiple of fps")
-    max_steps: int = Field(80, ge=2, le=2000, description="most frames per episode (the scripted policy ends sooner)")
-    tasks: list[TaskName] = Field(default_factory=lambda: ["pick_place", "push", "stack", "reach"],
-                                  description="task families, drawn uniformly per episode")
-    cameras: list[CameraName] = Field(default_factory=lambda: ["front"])
-    num_objects: tuple[int, int] = Field((2, 6), description="(min, max) objects per scene, not counting the tray")
-    depth: bool = True
-    segmentation: bool = True
-    shadows: bool = Field(False, description="TinyRenderer shadows: nicer, about half the frame rate")
-    camera_jitter_m: float = Field(0.02, ge=0.0, le=0.1, description="per-episode jitter of static camera eyes")
     keep_failures: bool = Field(True, description="keep episodes whose scripted policy failed (meta.success false)")
     resources: Resources = Resources(num_cpus=1)
 
-    @field_validator("tasks", "cameras")
-    @classmethod
-    def _distinct(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("expected at least one entry")
-        if len(set(value)) != len(value):
-            raise ValueError(f"entries must be distinct, got {value}")
-        return value
+    def library_configs(self) -> list[Any]:
+        return [self.sim_config()]
 
-    @field_validator("num_objects")
-    @classmethod
-    def _object_range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        lo, hi = value
-        if not 2 <= lo <= hi <= 6:
-            raise ValueError(f"expected (min, max) with 2 <= min <= max <= 6, got {list(value)}")
-        return value
-
-    @model_validator(mode="after")
-    def _physics_multiple_of_fps(self) -> GenerateTabletopParams:
-        ratio = self.physics_hz / self.fps
-        if abs(ratio - round(ratio)) > 1e-6:
-            raise ValueError(f"physics_hz ({self.physics_hz}) must be a whole multiple of fps ({self.fps}), "
-                             f"e.g. physics_hz: {round(ratio) * self.fps:g}")
-        return self
-
-    def sim_config(self):
-        from pipeline.sim.tabletop import TabletopConfig
-
-        return TabletopConfig(width=self.image_size, height=self.image_size, cameras=tuple(self.cameras), fps=self.fps,
-                              physics_hz=self.physics_hz, max_steps=self.max_steps, tasks=tuple(self.tasks),
-                              num_objects=self.num_objects, depth=self.depth, segmentation=self.segmentation,
-                              shadows=self.shadows, camera_jitter_m=self.camera_jitter_m)
+    def sim_config(self) -> TabletopConfig:
+        return TabletopConfig(**SIM.values(self), height=self.image_size)
 
 
 def episode_id(index: int) -> str:

@@ -49,9 +49,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from depth.pointcloud import PerceptionConfig
+from depth.spatial_qa import QAConfig
+from depth.synthesis import SynthesisConfig
 from episodes import Episode
 from episodes import io as fileio
-from pipeline.stage import OK, CheckContext, Problem, Resources, StageContext, StageParams, error_reason, register_stage
+from pipeline.params import ConfigFields, params_from
+from pipeline.stage import OK, CheckContext, Problem, Resources, StageContext, error_reason, register_stage
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +64,26 @@ PARTS_DIRNAME = "parts"
 COMPLETE = "_COMPLETE"  # written last into the QA directory: the dataset is whole
 
 
-class SynthesizeQAParams(StageParams):
+# The synthesis fields, their types, defaults and limits from ``depth.synthesis``'s configs.
+SYNTHESIS = ConfigFields(SynthesisConfig, {
+    "cameras": "cameras to use; default: every camera with depth",
+    "frames_per_episode": "evenly spaced frames per camera, first and last included",
+})
+QA = ConfigFields(QAConfig, {
+    "families": "question families; default: all",
+    "max_per_family": "questions per family and frame",
+})
+PERCEPTION = ConfigFields(PerceptionConfig, {
+    "min_points": "fewer points on an object: its questions are skipped",
+    "max_occluded_fraction": "more of the outline hidden: skipped",
+    "gravity": "auto: extrinsics when calibrated",
+    "objects": "auto: segmentation if present",
+    "depth_trunc_m": "None: no cut; else cut pixels are counted",
+})
+
+
+class SynthesizeQAParams(params_from(SYNTHESIS, QA, PERCEPTION)):
     output_subdir: str = Field("qa", min_length=1, description="QA dataset directory, relative to the run directory")
-    cameras: list[str] | None = Field(None, description="cameras to use; default: every camera with depth")
-    frames_per_episode: int = Field(4, ge=1, description="evenly spaced frames per camera, first and last included")
-    families: list[str] | None = Field(None, description="question families; default: all")
-    max_per_family: int = Field(3, ge=1, description="questions per family and frame")
-    min_points: int = Field(30, ge=4, description="fewer points on an object: its questions are skipped")
-    max_occluded_fraction: float = Field(0.25, ge=0, le=1, description="more of the outline hidden: skipped")
-    gravity: Literal["auto", "extrinsics", "ransac"] = Field("auto", description="auto: extrinsics when calibrated")
-    objects: Literal["auto", "segmentation", "clusters"] = Field("auto", description="auto: segmentation if present")
-    depth_trunc_m: float | None = Field(None, gt=0, description="None: no cut; else cut pixels are counted")
     estimated_depth: Literal["auto", "yes", "no"] = Field("auto", description="read depth as estimated (robust "
                                                                                "outlines and extents)")
     rgb_format: Literal["png", "jpg"] = "png"
@@ -86,34 +99,15 @@ class SynthesizeQAParams(StageParams):
             raise ValueError(f"expected a directory name inside the run directory (e.g. qa), got {value!r}")
         return value
 
-    @field_validator("families")
-    @classmethod
-    def _known_families(cls, value: list[str] | None) -> list[str] | None:
-        from depth.spatial_qa import FAMILIES
+    def library_configs(self) -> list[Any]:
+        return [self.synthesis_config(run_seed=0, estimated=False)]
 
-        if value is None:
-            return value
-        unknown = [f for f in value if f not in FAMILIES]
-        if unknown or not value:
-            raise ValueError(f"unknown families {unknown} (known: {', '.join(FAMILIES)})" if unknown
-                             else "expected at least one family (or leave it out for all)")
-        return value
-
-    def synthesis_config(self, run_seed: int, estimated: bool):
-        from depth.pointcloud import PerceptionConfig
-        from depth.spatial_qa import QAConfig
-        from depth.synthesis import SynthesisConfig
-
+    def synthesis_config(self, run_seed: int, estimated: bool) -> SynthesisConfig:
         robust = {"yes": True, "no": False, "auto": estimated}[self.estimated_depth]
-        perception = PerceptionConfig(gravity=self.gravity, objects=self.objects, depth_trunc_m=self.depth_trunc_m,
-                                      min_points=self.min_points, max_occluded_fraction=self.max_occluded_fraction,
-                                      silhouette_depth="interior" if robust else "measured",
+        perception = PerceptionConfig(**PERCEPTION.values(self), silhouette_depth="interior" if robust else "measured",
                                       extent_trim=0.02 if robust else 0.0)
-        qa = QAConfig(families=tuple(self.families) if self.families else None, max_per_family=self.max_per_family,
-                      seed=run_seed if self.seed is None else self.seed)
-        return SynthesisConfig(perception=perception, qa=qa,
-                               cameras=tuple(self.cameras) if self.cameras else None,
-                               frames_per_episode=self.frames_per_episode)
+        qa = QAConfig(**QA.values(self), seed=run_seed if self.seed is None else self.seed)
+        return SynthesisConfig(**SYNTHESIS.values(self), perception=perception, qa=qa)
 
 
 # -- per episode (Ray Data task) -------------------------------------------------------------------------------------

@@ -34,94 +34,72 @@ import json
 import logging
 import shutil
 import tempfile
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from episodes import io as fileio
-from pipeline.stage import CheckContext, Problem, StageContext, StageError, StageParams, register_stage
+from latent_actions.config import LatentActionConfig
+from pipeline.params import ConfigFields, params_from
+from pipeline.stage import CheckContext, Problem, StageContext, StageError, register_stage
+from world_model.config import CAMERA_NAMES, DiffusionConfig, TrainConfig, WorldModelConfig
 
 logger = logging.getLogger(__name__)
 
 STAGE = "train_world_model"
 SUMMARY, LOSSES = "train.json", "losses.jsonl"
-CameraName = Literal["front", "side", "top", "oblique", "wrist"]
 
-
-class TrainWorldModelParams(StageParams):
+# The model's and the trainer's fields, their types, defaults and limits from the library configs.
+MODEL = ConfigFields(WorldModelConfig, {
     # what a state is
-    cameras: list[CameraName] = Field(default_factory=lambda: ["oblique", "top", "wrist"],
-                                      description="cameras stacked into one state (every episode must have them)")
-    image_size: int = Field(64, ge=16, le=256, description="frames are resized to this square side")
-    depth: bool = Field(False, description="add each camera's depth map as a channel")
-    # the model
-    backend: Literal["deterministic", "diffusion"] = "deterministic"
-    bottleneck: Literal["continuous", "fsq", "vq"] = "continuous"
-    latent_dim: int = Field(16, ge=1, le=512)
-    kl_weight: float = Field(0.0, ge=0)
-    noise_std: float = Field(0.0, ge=0)
-    fsq_levels: list[int] = Field(default_factory=lambda: [8, 8, 8, 6, 5])
-    vq_codebook_size: int = Field(512, ge=2)
-    diffusion_steps: int = Field(4, ge=1, le=1000, description="sampling steps of the diffusion backend")
+    "cameras": f"cameras stacked into one state, of {', '.join(CAMERA_NAMES)} (every episode must have them)",
+    "image_size": "frames are resized to this square side",
+    "depth": "add each camera's depth map as a channel",
+    "backend": "",
     # the objective
-    alignment: bool = Field(True, description="false: the ablation, latents never see actions")
-    recon_weight: float = Field(1.0, ge=0)
-    action_recon_weight: float = Field(1.0, ge=0)
-    align_weight: float = Field(0.1, ge=0)
-    head_weight: float = Field(0.1, ge=0)
-    motion_weight: float = Field(10.0, ge=0)
+    "alignment": "false: the ablation, latents never see actions",
+    "recon_weight": "",
+    "action_recon_weight": "",
+    "align_weight": "",
+    "head_weight": "",
+    "motion_weight": "",
+})
+LATENT = ConfigFields(LatentActionConfig, {
+    "bottleneck": "", "latent_dim": "", "kl_weight": "", "noise_std": "", "fsq_levels": "", "vq_codebook_size": "",
+})
+DIFFUSION = ConfigFields(DiffusionConfig, {"diffusion_steps": "sampling steps of the diffusion backend"},
+                         renamed={"diffusion_steps": "num_inference_steps"})
+TRAIN = ConfigFields(TrainConfig, {
+    "steps": "", "batch_size": "", "lr": "", "checkpoint_every": "", "keep_checkpoints": "", "log_every": "",
+    "labelled_batch_fraction": "share of each batch from labelled pairs (None: as they come)",
+    "source_weights": "batch mix by source (None: by pair count)",
+    "num_threads": "torch threads per worker (0: cpus_per_worker, at least 1)",
+})
+
+
+class TrainWorldModelParams(params_from(MODEL, LATENT, DIFFUSION, TRAIN)):
     # the data
     holdout_fraction: float = Field(0.1, ge=0, lt=1, description="episodes kept out of training for evaluation")
     labelled_fraction: float = Field(1.0, ge=0, le=1, description="share of training episodes with actions used")
     labelled_sources: list[str] | None = Field(None, description="only these sources may be labelled (None: any)")
-    source_weights: dict[str, float] | None = Field(None, description="batch mix by source (None: by pair count)")
-    labelled_batch_fraction: float | None = Field(0.25, gt=0, lt=1)
-    # the optimisation
-    steps: int = Field(3000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    checkpoint_every: int = Field(500, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(50, ge=1)
     # Ray Train
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    num_threads: int = Field(0, ge=0, description="torch threads per worker (0: cpus_per_worker, at least 1)")
 
-    @model_validator(mode="after")
-    def _check_model(self) -> TrainWorldModelParams:
-        self.model_config_obj()  # the dataclasses' own checks, with the field named in the message
-        self.train_config()
-        return self
+    def library_configs(self) -> list[Any]:
+        return [self.model_config_obj(), self.train_config()]
 
-    def model_config_obj(self, embodiments: dict[str, int] | None = None):
-        from latent_actions.model import LatentActionConfig
-        from world_model.diffusion import DiffusionConfig
-        from world_model.model import WorldModelConfig
+    def model_config_obj(self, embodiments: dict[str, int] | None = None) -> WorldModelConfig:
+        """The model config; ``embodiments`` (robot -> action dim) from the data, else the latent config's default."""
+        latent = LatentActionConfig(**LATENT.values(self), **({"embodiments": embodiments} if embodiments else {}))
+        diffusion = DiffusionConfig(**DIFFUSION.values(self))
+        return WorldModelConfig(**MODEL.values(self), latent=latent, diffusion=diffusion)
 
-        latent = LatentActionConfig(latent_dim=self.latent_dim, bottleneck=self.bottleneck, kl_weight=self.kl_weight,
-                                    noise_std=self.noise_std, fsq_levels=tuple(self.fsq_levels),
-                                    vq_codebook_size=self.vq_codebook_size,
-                                    embodiments=embodiments or {"franka_panda": 5},
-                                    in_channels=3, image_size=self.image_size)
-        return WorldModelConfig(cameras=tuple(self.cameras), depth=self.depth, image_size=self.image_size,
-                                backend=self.backend, latent=latent,
-                                diffusion=DiffusionConfig(num_inference_steps=self.diffusion_steps,
-                                                          image_size=self.image_size),
-                                alignment=self.alignment, recon_weight=self.recon_weight,
-                                action_recon_weight=self.action_recon_weight, align_weight=self.align_weight,
-                                head_weight=self.head_weight, motion_weight=self.motion_weight)
-
-    def train_config(self, seed: int = 0):
-        from world_model.train import TrainConfig
-
+    def train_config(self, seed: int = 0) -> TrainConfig:
         threads = self.num_threads or max(1, int(self.cpus_per_worker))
-        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                           labelled_batch_fraction=self.labelled_batch_fraction, source_weights=self.source_weights,
-                           checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
-                           log_every=self.log_every, seed=seed, num_threads=threads)
+        return TrainConfig(**{**TRAIN.values(self), "num_threads": threads, "seed": seed})
 
 
 def plan_split(rows: list[dict[str, Any]], params: TrainWorldModelParams, seed: int) -> dict[str, Any]:
@@ -162,7 +140,7 @@ def plan_split(rows: list[dict[str, Any]], params: TrainWorldModelParams, seed: 
             a = np.concatenate(acts)
             stats[name] = {"mean": a.mean(0).tolist(), "std": a.std(0).tolist()}
     return {"train": sorted(train_ids), "heldout": sorted(heldout_ids), "labelled": sorted(labelled),
-            "action_dims": dims or {"franka_panda": 5}, "action_stats": stats,
+            "action_dims": dims or LatentActionConfig().embodiments, "action_stats": stats,
             "sources": {e: infos[e].source for e in sorted(infos)}, "skipped": skipped}
 
 
@@ -173,8 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from world_model.data import PairData
-    from world_model.model import WorldModelConfig
-    from world_model.train import TrainConfig, train
+    from world_model.train import train
     from world_model.wrapper import ActionNormalizer
 
     context = ray.train.get_context()
