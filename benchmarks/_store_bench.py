@@ -67,17 +67,23 @@ def bench_s3_vs_local(tmp: Path, s3, num_episodes: int, repeats: int) -> dict:
     try:
         run_config(demo_config(str(tmp / "warm"), 2, depth=False, shard=2))  # warm both workers (imports)
         seconds: dict[str, list[float]] = {"local": [], "s3": []}
+        per_stage: dict[str, list[dict[str, float]]] = {"local": [], "s3": []}
         for r in range(repeats):  # interleaved: drift on a noisy machine hits both
             for where in ("local", "s3"):
                 run_dir = str(tmp / f"local-{r}") if where == "local" else f"{bucket}/run-{r}"
+                t0 = time.perf_counter()
                 manifest = run_config(demo_config(run_dir, num_episodes, depth=False))
+                wall = time.perf_counter() - t0
                 seconds[where].append(stage_seconds(manifest, "generate_tabletop", "write_lerobot"))
+                per_stage[where].append({**{t["stage"]: round(t["seconds"], 2) for t in manifest["stages"]},
+                                         "run_wall": round(wall, 2)})
     finally:
         ray.shutdown()
     best = {k: min(v) for k, v in seconds.items()}
     return {"s3_vs_local_ratio": round(best["local"] / best["s3"], 3),
             "s3_seconds": [round(s, 2) for s in seconds["s3"]],
-            "local_seconds": [round(s, 2) for s in seconds["local"]], "s3_episodes": num_episodes}
+            "local_seconds": [round(s, 2) for s in seconds["local"]], "s3_episodes": num_episodes,
+            "s3_per_stage": per_stage}
 
 
 # -- cluster ---------------------------------------------------------------------------------------------------------

@@ -24,10 +24,9 @@ logger = logging.getLogger(__name__)
 def check_run(config: RunConfig, storage: bool = True) -> list[str]:
     """Every data-level problem of ``config`` as 'yaml.path: message' (empty when the run can start)."""
     errors: list[str] = []
-    if storage:
-        problem = RunStore(config.output_dir).check_writable()
-        if problem:
-            errors.append(f"output_dir: {problem}")
+    storage_problem = RunStore(config.output_dir).check_writable() if storage else None
+    if storage_problem:
+        errors.append(f"output_dir: {storage_problem}")
     provided: dict[str, str] = {}
     outputs: dict[str, Any] = {}
     earlier = []
@@ -45,7 +44,8 @@ def check_run(config: RunConfig, storage: bool = True) -> list[str]:
                 problems = spec.check(stage.params, cctx)
             except Exception as exc:  # a check must not crash validation; say what it could not check
                 logger.debug("check of %s failed", stage.name, exc_info=True)
-                problems = [("", f"could not be checked: {error_reason(exc)}")]
+                # With the run directory unreachable the same storage error would only be repeated here.
+                problems = [] if storage_problem else [("", f"could not be checked: {error_reason(exc)}")]
             for field, message in problems:
                 errors.append(f"{where}.params.{field}: {message}" if field else f"{where}: {message}")
         if spec.describe is not None:

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -69,9 +70,10 @@ def init_ray(ray_address: str) -> bool:
 
 
 class RunLog:
-    """Mirror the run's log into ``<run_dir>/run.log`` (written locally, published after each stage)."""
+    """Mirror the run's log into ``<run_dir>/run.log``: on a remote run directory it is written locally and published
+    after each stage and every ``publish_every_s`` (so a killed run leaves its log up to that point)."""
 
-    def __init__(self, store: RunStore):
+    def __init__(self, store: RunStore, publish_every_s: float = 30.0):
         self.store = store
         self.local = (fileio.local_path(store.path(LOG_FILE)) if fileio.is_local(store.run_dir)
                       else tempfile.NamedTemporaryFile(prefix="wmsynth-run-", suffix=".log", delete=False).name)
@@ -87,6 +89,18 @@ class RunLog:
         self.level = self.logger.level
         if self.logger.getEffectiveLevel() > logging.INFO:
             self.logger.setLevel(logging.INFO)
+        self.stop = threading.Event()
+        self.thread = None
+        if not fileio.is_local(store.run_dir):
+            self.thread = threading.Thread(target=self._publish_periodically, args=(publish_every_s,), daemon=True)
+            self.thread.start()
+
+    def _publish_periodically(self, every_s: float) -> None:
+        while not self.stop.wait(every_s):
+            try:
+                self.publish()
+            except Exception:  # a failed upload of the log must not stop the run; the next attempt retries
+                pass
 
     def publish(self) -> None:
         self.handler.flush()
@@ -95,6 +109,9 @@ class RunLog:
                 fileio.atomic_write_bytes(self.store.path(LOG_FILE), f.read())
 
     def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
         self.publish()
         logging.getLogger().removeHandler(self.handler)
         self.logger.setLevel(self.level)
