@@ -99,7 +99,7 @@ def make_data(spec: DataSpec, cache_dir: Path, workers: int) -> tuple[list[str],
     jobs = []
     for split, items in plan.items():
         for kind, seed in items:
-            path = str(root / f"{split}-{kind}-{seed}.npz")
+            path = str(root / f"{split}-{kind}-{seed}.episode")
             paths[split].append(path)
             if not Path(path).exists():
                 jobs.append((kind, seed, path, spec))
