@@ -122,7 +122,7 @@ def train(model_config: WorldModelConfig, train_config: TrainConfig, data: PairD
         prune_checkpoints(ckpt_dir, tc.keep_checkpoints)
         return path
 
-    cpu0 = time.process_time()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     window: list[dict[str, float]] = []
     path = last
     net.train()
@@ -147,7 +147,9 @@ def train(model_config: WorldModelConfig, train_config: TrainConfig, data: PairD
             history.append(entry)
             if is_main:
                 fileio.atomic_write_text(losses_file, "".join(json.dumps(h) + "\n" for h in history))
-            logger.info("step %d: %s", done, {k: round(v, 4) for k, v in entry.items() if k != "step"})
+            eta_s = (time.perf_counter() - wall0) / (done - start) * (tc.steps - done)
+            logger.info("step %d/%d (ETA %.0f s): %s", done, tc.steps, eta_s,
+                        {k: round(v, 4) for k, v in entry.items() if k != "step"})
             if report is not None:
                 report(entry)
         if done % tc.checkpoint_every == 0 or done == tc.steps:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
+from tqdm import tqdm
 
 from episodes import io as fileio
 from pipeline import shards
@@ -266,6 +267,7 @@ def _run_shards(tasks: list[tuple[ShardPlan, list[ShardInput]]], shards_dir: str
     settings = params.writer_settings()
     limit = params.resources.concurrency or max(1, len(tasks))
     pending, in_flight, fates = list(tasks), {}, []
+    bar = tqdm(total=len(tasks), desc=STAGE, unit="shard", mininterval=2.0, dynamic_ncols=True)
     while pending or in_flight:
         while pending and len(in_flight) < limit:
             plan, inputs = pending.pop(0)
@@ -280,6 +282,8 @@ def _run_shards(tasks: list[tuple[ShardPlan, list[ShardInput]]], shards_dir: str
             reason = f"shard {plan.name} task failed: {error_reason(exc)}"
             fates.extend(fate(i.episode_id, QUARANTINED, reason) for i in inputs)
         logger.info("%s: %s done (%d to go)", STAGE, plan.name, len(pending) + len(in_flight))
+        bar.update(1)
+    bar.close()
     return fates
 
 
