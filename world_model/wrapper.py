@@ -145,6 +145,31 @@ class WorldModel:
         actions = self.decode_actions(self.infer_latents(states[:-1], states[1:]), embodiment).cpu().numpy()
         return np.concatenate([actions, actions[-1:]], axis=0).astype(np.float32)
 
+    @torch.no_grad()
+    def label_confidence(self, states, actions, embodiment: str, batch_size: int = 128) -> np.ndarray:
+        """Per-step confidence in [0, 1] that actions (T-1, A) explain the observed change between states (T, ...).
+
+        One world-model step from s_t with the action, compared with the real s_t+1 on the pixels that move (in the
+        real pair or in the prediction): 1 - error(prediction) / error(copying s_t), clipped to [0, 1]. A label that
+        reproduces the motion scores near 1; one that predicts no motion, or the wrong one, near 0. A pair without
+        motion in either scores 1 (holding still is explained by any action that predicts no motion).
+        """
+        from world_model.metrics import motion_mask
+
+        x = self._x(states)
+        out = []
+        for i in range(0, len(x) - 1, batch_size):
+            s_t, s_next = x[i:i + batch_size + 1][:-1], x[i + 1:i + batch_size + 1]
+            pred = self.step(s_t, self.encode_actions(np.asarray(actions)[i:i + len(s_t)], embodiment))
+            unit = [(v + 1) / 2 for v in (s_t, s_next, pred)]  # model space [-1, 1] -> [0, 1]
+            mask = (motion_mask(unit[0], unit[1]) | motion_mask(unit[0], unit[2])).float()
+            pixels = mask.sum((1, 2, 3)) * x.shape[1]
+            err_pred = (((unit[2] - unit[1]) ** 2) * mask).sum((1, 2, 3)) / pixels.clamp(min=1)
+            err_copy = (((unit[0] - unit[1]) ** 2) * mask).sum((1, 2, 3)) / pixels.clamp(min=1)
+            conf = (1 - err_pred / err_copy.clamp(min=1e-8)).clamp(0, 1)
+            out.append(torch.where(pixels > 0, conf, torch.ones_like(conf)))
+        return torch.cat(out).cpu().numpy().astype(np.float32) if out else np.zeros(0, np.float32)
+
     # -- the world model ---------------------------------------------------------------------------------------------
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ from pipeline.stages import (  # noqa: F401
     generate_tabletop,
     ingest_lerobot,
     ingest_videos,
+    label_actions,
     synthesize_qa,
     train_world_model,
     write_lerobot,

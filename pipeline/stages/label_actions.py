@@ -1,0 +1,111 @@
+"""label_actions: pseudo-actions for action-less episodes from the trained latent-action model (1:1 per episode).
+
+For an episode without actions, the encoder infers a latent action for every frame pair, the alignment head decodes it
+into the robot's action space, and the world model checks the label: one step from s_t with the decoded action is
+compared with the real s_t+1 on the moving pixels (``WorldModel.label_confidence``). The episode gets
+
+    action                      (T, A) float32, the decoded actions (the last row repeats the one before: a hold)
+    extras["action_confidence"] (T,) float32 in [0, 1], per step
+    meta["action_source"]       "pseudo_labelled"
+    meta["pseudo_label"]        checkpoint, embodiment, confidence mean / min, method
+
+Episodes that already have actions pass through untouched (nothing is written). With ``min_confidence`` an episode
+whose mean confidence is lower is filtered, with the figure in the reason. Runs in an actor pool: the model loads once
+per actor, on the GPU when the actor has one.
+
+    - name: label_actions
+      params: {min_confidence: 0.2}          # checkpoint: "" = the run's train_world_model
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+from pydantic import Field
+
+from episodes import Episode, EpisodeError
+from episodes import io as fileio
+from pipeline.stage import CheckContext, Filtered, Problem, Resources, StageContext, StageParams, register_stage
+
+logger = logging.getLogger(__name__)
+
+STAGE = "label_actions"
+METHOD = "latent action -> alignment head; confidence = 1 - WM error / copy error on moving pixels"
+
+
+class LabelActionsParams(StageParams):
+    checkpoint: str = Field("", description="a checkpoint directory; empty: the run's train_world_model")
+    embodiment: str | None = Field(None, description="whose action space to decode into; None: the model's only one")
+    action_names: list[str] | None = Field(None, description="names of the decoded action dims (meta.action_names)")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="filter episodes whose mean confidence is lower")
+    resources: Resources = Resources(num_cpus=1)
+
+
+def check(params: LabelActionsParams, cctx: CheckContext) -> list[Problem]:
+    from world_model.checkpoint import is_complete
+
+    if params.checkpoint and not is_complete(params.checkpoint):
+        return [("checkpoint", f"{params.checkpoint} is not a complete checkpoint (no _COMPLETE marker)")]
+    return []
+
+
+@register_stage(STAGE, kind="map", params=LabelActionsParams, check=check,
+                requires=lambda p: () if p.checkpoint else ("world_model",))
+class LabelActions:
+    """Pseudo-actions (and per-step confidence) for action-less episodes from the latent-action model."""
+
+    def __init__(self, params: LabelActionsParams, ctx: StageContext):
+        import torch
+
+        from world_model.checkpoint import load_world_model
+
+        self.params = params
+        self.checkpoint = params.checkpoint or ctx.artifact("world_model")
+        device = "cuda" if params.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.wm = load_world_model(self.checkpoint, device=device)
+        names = self.wm.config.embodiments
+        if params.embodiment is not None and params.embodiment not in names:
+            raise ValueError(f"{STAGE}: embodiment {params.embodiment!r} is not one the model knows ({names})")
+        if params.embodiment is None and len(names) != 1:
+            raise ValueError(f"{STAGE}: the model knows several embodiments ({names}); set params.embodiment")
+        self.embodiment = params.embodiment or names[0]
+        self.run_dir = ctx.run_dir
+
+    def __call__(self, episode: Episode) -> Episode:
+        if episode.action is not None:
+            return episode  # labelled episodes are left as they are
+        cfg = self.wm.config
+        missing = [cam for cam in cfg.cameras if cam not in episode.rgb]
+        missing += [cam for cam in cfg.cameras if cfg.depth and cam not in episode.depth_m]
+        if missing:
+            raise EpisodeError(episode.episode_id, f"rgb.{missing[0]}",
+                               f"the world model reads cameras {list(cfg.cameras)}; this episode lacks {missing}")
+        if episode.num_frames < 2:
+            raise EpisodeError(episode.episode_id, "rgb", "fewer than 2 frames: no frame pair to label")
+        states = self.wm.states(episode)
+        actions = self.wm.decode_actions(self.wm.infer_latents(states[:-1], states[1:]), self.embodiment)
+        actions = actions.cpu().numpy().astype(np.float32)  # (T-1, A)
+        confidence = self.wm.label_confidence(states, actions, self.embodiment)  # (T-1,)
+        names = self.params.action_names or episode.meta.get("action_names")
+        if names is not None and len(names) != actions.shape[1]:
+            raise EpisodeError(episode.episode_id, "action_names",
+                               f"{len(names)} names for {actions.shape[1]} decoded action dims")
+        summary = {"checkpoint": _relative(self.checkpoint, self.run_dir), "embodiment": self.embodiment,
+                   "confidence_mean": round(float(confidence.mean()), 4),
+                   "confidence_min": round(float(confidence.min()), 4), "method": METHOD}
+        if summary["confidence_mean"] < self.params.min_confidence:
+            raise Filtered(f"pseudo-label confidence {summary['confidence_mean']:.2f} < min_confidence "
+                           f"{self.params.min_confidence:g}")
+        meta = {**episode.meta, "action_source": "pseudo_labelled", "pseudo_label": summary,
+                "robot_type": self.embodiment, "action_names": list(names) if names is not None else None}
+        return dataclasses.replace(
+            episode, action=np.concatenate([actions, actions[-1:]]),
+            extras={**episode.extras, "action_confidence": np.concatenate([confidence, confidence[-1:]])},
+            meta=meta)
+
+
+def _relative(path: str, run_dir: str) -> str:
+    prefix = fileio.normalize(run_dir).rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path
