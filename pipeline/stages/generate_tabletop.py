@@ -49,6 +49,9 @@ SIM = ConfigFields(TabletopConfig, {
 class GenerateTabletopParams(params_from(SIM)):
     num_episodes: int = Field(24, ge=1, description="episodes to generate")
     keep_failures: bool = Field(True, description="keep episodes whose scripted policy failed (meta.success false)")
+    hide_actions_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of episodes recorded without actions (the truth kept in "
+                                     "extras.hidden_action), to stand for action-less video and measure pseudo-labels")
     resources: Resources = Resources(num_cpus=1)
 
     def library_configs(self) -> list[Any]:
@@ -86,4 +89,12 @@ def generate_tabletop(item: dict, params: GenerateTabletopParams, ctx: StageCont
     episode.meta["episode_index"] = item["index"]
     if not params.keep_failures and not episode.meta["success"]:
         raise Filtered(f"scripted {episode.meta['task_family']} policy failed (seed {seed})")
+    if hides_actions(seed, params.hide_actions_fraction):
+        episode.extras["hidden_action"], episode.action = episode.action, None
+        episode.meta["actions_hidden"] = True
     return episode
+
+
+def hides_actions(seed: int, fraction: float) -> bool:
+    """Whether the episode of ``seed`` is recorded action-less (a draw of its own, independent of the scene)."""
+    return fraction > 0 and np.random.default_rng([seed, 7]).random() < fraction

@@ -51,7 +51,41 @@ def check(params: LabelActionsParams, cctx: CheckContext) -> list[Problem]:
     return []
 
 
-@register_stage(STAGE, kind="map", params=LabelActionsParams, check=check,
+def finish(rows: list[dict], params: LabelActionsParams, ctx: StageContext) -> None:
+    """report.json: how many episodes were labelled, their confidence, and, where the true actions were hidden (the
+    simulator's ``hide_actions_fraction``), R2 of the pseudo-labels against them, overall and per action dim."""
+    from episodes import read_array, read_meta
+
+    labelled, confidences, pred, true = [], [], [], []
+    for r in rows:
+        if r["status"] != "ok" or r.get("stage") != STAGE or not r["path"].startswith(ctx.stage_dir):
+            continue  # untouched (already labelled) or not ok
+        meta = read_meta(r["path"])
+        if meta.get("action_source") != "pseudo_labelled":
+            continue
+        labelled.append(r["episode_id"])
+        confidences.append(meta["pseudo_label"]["confidence_mean"])
+        hidden = read_array(r["path"], "extras.hidden_action")
+        if hidden is not None:
+            pred.append(read_array(r["path"], "action")[:-1])  # the last row is a hold, not a decoded pair
+            true.append(hidden[:-1])
+    report = {"episodes_labelled": len(labelled), "confidence_mean": _mean(confidences), "method": METHOD}
+    if pred:
+        p, t = np.concatenate(pred), np.concatenate(true)
+        per_dim = [1 - float(((p[:, d] - t[:, d]) ** 2).sum() / max(((t[:, d] - t[:, d].mean()) ** 2).sum(), 1e-12))
+                   for d in range(t.shape[1])]
+        report.update(pseudo_label_r2=round(float(np.mean(per_dim)), 4),
+                      pseudo_label_r2_per_dim=[round(v, 4) for v in per_dim], episodes_with_hidden_truth=len(pred))
+    ctx.write_report(report)
+    logger.info("%s: %d episodes pseudo-labelled, mean confidence %s, R2 vs hidden actions %s", STAGE,
+                len(labelled), report["confidence_mean"], report.get("pseudo_label_r2"))
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+@register_stage(STAGE, kind="map", params=LabelActionsParams, check=check, finish=finish,
                 requires=lambda p: () if p.checkpoint else ("world_model",))
 class LabelActions:
     """Pseudo-actions (and per-step confidence) for action-less episodes from the latent-action model."""
