@@ -202,24 +202,24 @@ class Episode:
 
 def read_header(path: fileio.PathLike) -> dict[str, Any]:
     """The header (id, fps, task, num_frames and every array's dtype/shape), without decoding any array."""
-    with fileio.open_file(path) as f, _open_zip(f, str(path)) as zf:
+    with _open(path) as f, _open_zip(f, str(path)) as zf:
         return _read_header(zf, str(path))
 
 
 def read_meta(path: fileio.PathLike) -> dict[str, Any]:
-    with fileio.open_file(path) as f, _open_zip(f, str(path)) as zf:
+    with _open(path) as f, _open_zip(f, str(path)) as zf:
         _read_header(zf, str(path))
         return _read_json(zf, META_MEMBER, str(path))
 
 
 def read_header_and_meta(path: fileio.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    with fileio.open_file(path) as f, _open_zip(f, str(path)) as zf:
+    with _open(path) as f, _open_zip(f, str(path)) as zf:
         return _read_header(zf, str(path)), _read_json(zf, META_MEMBER, str(path))
 
 
 def read_array(path: fileio.PathLike, key: str) -> np.ndarray | None:
     """One array (e.g. ``action``) or None when the file has no such key."""
-    with fileio.open_file(path) as f, _open_zip(f, str(path)) as zf:
+    with _open(path) as f, _open_zip(f, str(path)) as zf:
         spec = _read_header(zf, str(path))["arrays"].get(key)
         return None if spec is None else _decode(_member(zf, f"{key}.bin", str(path)), spec, f"{path}: {key}")
 
@@ -269,6 +269,14 @@ def _decode(payload: bytes, spec: dict[str, Any], where: str) -> np.ndarray:
         bits = raw.view(f"u{dtype.itemsize}").reshape(shape)
         return np.bitwise_xor.accumulate(bits, axis=0).view(dtype)
     return raw.view(dtype).reshape(shape).copy()
+
+
+def _open(path: fileio.PathLike):
+    """Open an episode file for reading; a missing one is an EpisodeError naming the whole path or URL."""
+    try:
+        return fileio.open_file(path)
+    except FileNotFoundError:
+        raise EpisodeError(str(path), "file", "episode file not found") from None
 
 
 def _open_zip(f, where: str) -> zipfile.ZipFile:

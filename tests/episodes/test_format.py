@@ -128,3 +128,8 @@ def test_damaged_file_is_a_clear_episode_error(tmp_path, damage):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(EpisodeError, match="not found"):
         Episode.load(tmp_path / "nope.episode")
+
+
+def test_missing_file_in_header_reads_names_the_url():
+    with pytest.raises(EpisodeError, match="memory://wmsynth-none/x.episode: field 'file': episode file not found"):
+        read_header_and_meta("memory://wmsynth-none/x.episode")
