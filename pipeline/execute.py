@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 import traceback
 from collections import Counter
 from typing import Any
@@ -187,7 +186,3 @@ def run_aggregate(spec: StageSpec, rows: list[dict[str, str]], params: StagePara
                          f"unknown {extra[:3]}, repeated {twice[:3]}")
     return [r for r in rows if r["status"] != OK] + out
 
-
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - t0

@@ -13,6 +13,7 @@ be local or on object storage (``pipeline.store``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -268,8 +269,6 @@ def _counts(rows: list[dict[str, str]]) -> dict[str, int]:
 
 
 def _json(payload: Any) -> str:
-    import json
-
     return json.dumps(payload, indent=2, default=str)
 
 

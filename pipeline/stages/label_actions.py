@@ -26,8 +26,8 @@ import numpy as np
 from pydantic import Field
 
 from episodes import Episode, EpisodeError
-from episodes import io as fileio
 from pipeline.stage import CheckContext, Filtered, Problem, Resources, StageContext, StageParams, register_stage
+from pipeline.store import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +54,18 @@ def check(params: LabelActionsParams, cctx: CheckContext) -> list[Problem]:
 def finish(rows: list[dict], params: LabelActionsParams, ctx: StageContext) -> None:
     """report.json: how many episodes were labelled, their confidence, and, where the true actions were hidden (the
     simulator's ``hide_actions_fraction``), R2 of the pseudo-labels against them, overall and per action dim."""
-    from episodes import read_array, read_meta
-
     labelled, confidences, pred, true = [], [], [], []
     for r in rows:
         if r["status"] != "ok" or r.get("stage") != STAGE or not r["path"].startswith(ctx.stage_dir):
             continue  # untouched (already labelled) or not ok
-        meta = read_meta(r["path"])
-        if meta.get("action_source") != "pseudo_labelled":
+        episode = Episode.load(r["path"], keys={"action", "extras.hidden_action"})  # one read per episode
+        if episode.meta.get("action_source") != "pseudo_labelled":
             continue
         labelled.append(r["episode_id"])
-        confidences.append(meta["pseudo_label"]["confidence_mean"])
-        hidden = read_array(r["path"], "extras.hidden_action")
+        confidences.append(episode.meta["pseudo_label"]["confidence_mean"])
+        hidden = episode.extras.get("hidden_action")
         if hidden is not None:
-            pred.append(read_array(r["path"], "action")[:-1])  # the last row is a hold, not a decoded pair
+            pred.append(episode.action[:-1])  # the last row is a hold, not a decoded pair
             true.append(hidden[:-1])
     report = {"episodes_labelled": len(labelled), "confidence_mean": _mean(confidences), "method": METHOD}
     if pred:
@@ -105,7 +103,7 @@ class LabelActions:
         if params.embodiment is None and len(names) != 1:
             raise ValueError(f"{STAGE}: the model knows several embodiments ({names}); set params.embodiment")
         self.embodiment = params.embodiment or names[0]
-        self.run_dir = ctx.run_dir
+        self.store = RunStore(ctx.run_dir)
 
     def __call__(self, episode: Episode) -> Episode:
         if episode.action is not None:
@@ -126,7 +124,7 @@ class LabelActions:
         if names is not None and len(names) != actions.shape[1]:
             raise EpisodeError(episode.episode_id, "action_names",
                                f"{len(names)} names for {actions.shape[1]} decoded action dims")
-        summary = {"checkpoint": _relative(self.checkpoint, self.run_dir), "embodiment": self.embodiment,
+        summary = {"checkpoint": self.store.relative(self.checkpoint), "embodiment": self.embodiment,
                    "confidence_mean": round(float(confidence.mean()), 4),
                    "confidence_min": round(float(confidence.min()), 4), "method": METHOD}
         if summary["confidence_mean"] < self.params.min_confidence:
@@ -139,7 +137,3 @@ class LabelActions:
             extras={**episode.extras, "action_confidence": np.concatenate([confidence, confidence[-1:]])},
             meta=meta)
 
-
-def _relative(path: str, run_dir: str) -> str:
-    prefix = fileio.normalize(run_dir).rstrip("/") + "/"
-    return path[len(prefix):] if path.startswith(prefix) else path
