@@ -3,9 +3,10 @@
     source     plan on the driver; one Ray task per item (at most ``resources.concurrency`` in flight), a progress
                bar with ETA on the driver. Plain tasks, not a Ray Data map: an episode is seconds of work and Ray
                Data's streaming executor left ~0.15 s between such tasks (benchmarks/foundation.py).
-    map        Ray Data over the rows: ``map`` in tasks for a function, ``map_batches`` in an
+    map        Ray Data over the rows: ``flat_map`` in tasks for a function, ``map_batches`` in an
                ``ActorPoolStrategy`` pool for a class (the model loads once per actor; GPUs via
-               ``resources.num_gpus``). Ray Data draws its own progress bars.
+               ``resources.num_gpus``). Ray Data draws its own progress bars. A map may fan out (1:N): it returns
+               a list of episodes that holds its input (changed or not) and new ones (e.g. rollouts of it).
     aggregate  the stage function on the driver with every ok row.
 
 Per episode the runner loads the input, calls the stage, validates and saves a changed episode, turns ``Filtered``
@@ -35,6 +36,17 @@ def _finish_episode(store: RunStore, ctx: StageContext, out_row: dict[str, str])
     return out_row
 
 
+def _finish_fan_out(store: RunStore, ctx: StageContext, in_id: str, out_rows: list[dict[str, str]]) -> list[dict]:
+    """One completion record for an input and every row it produced: a killed stage redoes the input whole (its
+    children are rewritten under the same ids, so nothing is duplicated)."""
+    if len(out_rows) == 1 and out_rows[0]["episode_id"] == in_id:
+        _finish_episode(store, ctx, out_rows[0])
+    else:
+        store.write_json(ctx.path(DONE_DIR, in_id + ".json"),
+                         {"episode_id": in_id, "rows": [store.stored_row(r) for r in out_rows]})
+    return out_rows
+
+
 def _failure(in_row: dict[str, str], ctx: StageContext, exc: BaseException) -> dict[str, str]:
     if isinstance(exc, Filtered):
         return {**in_row, "status": FILTERED, "reason": str(exc), "stage": ctx.stage}
@@ -54,6 +66,26 @@ def _save(episode: Episode, in_row: dict[str, str], ctx: StageContext) -> dict[s
     path = ctx.episode_path(episode.episode_id)
     episode.save(path)
     return {**in_row, "path": path, "stage": ctx.stage}
+
+
+def _fan_out(result: Episode | list[Episode], episode: Episode, in_row: dict[str, str],
+             ctx: StageContext) -> list[dict[str, str]]:
+    """Rows for what a map returned: its input (unchanged: the same row; changed: saved) and any new episodes, which
+    get rows of their own (``source`` = this stage). A list must hold the input: an episode is never lost."""
+    results = result if isinstance(result, list) else [result]
+    ids = [ep.episode_id for ep in results]
+    if isinstance(result, list) and (in_row["episode_id"] not in ids or len(set(ids)) != len(ids)):
+        raise StageError(f"stage {ctx.stage} must return its input {in_row['episode_id']!r} among distinct episodes, "
+                         f"got {ids[:5]}")
+    out = []
+    for ep in results:
+        if ep is episode:
+            out.append({**in_row, "stage": ctx.stage})
+        elif ep.episode_id == in_row["episode_id"]:
+            out.append(_save(ep, in_row, ctx))
+        else:
+            out.append(_save(ep, row(ep.episode_id, source=ctx.stage), ctx))
+    return out
 
 
 # -- source ----------------------------------------------------------------------------------------------------------
@@ -109,16 +141,16 @@ def run_source(spec: StageSpec, params: StageParams, ctx: StageContext, store: R
 # -- map -------------------------------------------------------------------------------------------------------------
 
 
-def map_one(in_row: dict[str, str], call, ctx: StageContext, store: RunStore) -> dict[str, str]:
+def map_one(in_row: dict[str, str], call, ctx: StageContext, store: RunStore) -> list[dict[str, str]]:
+    """Rows for one input: itself (passed, changed, filtered or quarantined) and any episodes it fanned out to."""
     try:
         episode = Episode.load(in_row["path"])
-        result = call(episode)
-        out = {**in_row, "stage": ctx.stage} if result is episode else _save(result, in_row, ctx)
+        out = _fan_out(call(episode), episode, in_row, ctx)
     except StageError:
         raise
     except Exception as exc:
-        out = _failure(in_row, ctx, exc)
-    return _finish_episode(store, ctx, out)
+        out = [_failure(in_row, ctx, exc)]
+    return _finish_fan_out(store, ctx, in_row["episode_id"], out)
 
 
 class _ActorAdapter:
@@ -130,11 +162,12 @@ class _ActorAdapter:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        out = [map_one(r, self.call, self.ctx, self.store) for r in rows]
+        out = [r for in_row in rows for r in map_one(in_row, self.call, self.ctx, self.store)]
         return {key: [r[key] for r in out] for key in batch}
 
 
-def _map_row(in_row: dict[str, str], fn, params: StageParams, ctx: StageContext, store: RunStore) -> dict[str, str]:
+def _map_row(in_row: dict[str, str], fn, params: StageParams, ctx: StageContext,
+             store: RunStore) -> list[dict[str, str]]:
     return map_one(in_row, functools.partial(fn, params=params, ctx=ctx), ctx, store)
 
 
@@ -142,9 +175,9 @@ def run_map(spec: StageSpec, rows: list[dict[str, str]], params: StageParams, ct
             store: RunStore) -> list[dict[str, str]]:
     import ray
 
-    done = store.done_rows(ctx.stage_dir) if ctx.resume else {}
+    done = store.done_row_lists(ctx.stage_dir) if ctx.resume else {}
     todo = [r for r in rows if r["status"] == OK and r["episode_id"] not in done]
-    kept = [done.get(r["episode_id"], r) for r in rows if r["status"] != OK or r["episode_id"] in done]
+    kept = [out for r in rows if r["status"] != OK or r["episode_id"] in done for out in done.get(r["episode_id"], [r])]
     if done:
         logger.info("%s: %d episodes finished in an earlier run", ctx.stage, len(done))
     if not todo:
@@ -160,7 +193,7 @@ def run_map(spec: StageSpec, rows: list[dict[str, str]], params: StageParams, ct
         extra = {}
         if resources.concurrency is not None:
             extra["compute"] = ray.data.TaskPoolStrategy(size=resources.concurrency)
-        out = ds.map(functools.partial(_map_row, fn=spec.fn, params=params, ctx=ctx, store=store),
+        out = ds.flat_map(functools.partial(_map_row, fn=spec.fn, params=params, ctx=ctx, store=store),
                      num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None, **extra)
     return kept + [dict(r) for r in out.take_all()]
 

@@ -1,6 +1,6 @@
 """One run: the stages of stages.yaml in order, each through its kind's execution path (``pipeline.execute``).
 
-    for each stage (source 1:N, map 1:1, aggregate N:1):
+    for each stage (source 1:N, map 1:1 or 1:N, aggregate N:1):
         key = hash(name, params, key of the stage before)          -> reuse it on --resume when unchanged
         rows = execute(stage, rows)                                 -> episodes saved, bad ones quarantined
         rows.jsonl, then _SUCCESS (hashes, artifacts, counts)       -> what later stages and --resume read
@@ -258,6 +258,7 @@ def _execute(spec, rows, params, ctx, store) -> list[dict[str, str]]:
         return rows
     if spec.kind == "map":
         out = run_map(spec, rows, params, ctx, store)
+        _check_unique_ids(out, spec.name)
         if spec.finish is not None:
             spec.finish(out, params, ctx)
         return out
@@ -286,8 +287,8 @@ def _stage_entry(store: RunStore, name: str, seconds: float, resumed: bool, rows
 def _check_unique_ids(rows: list[dict[str, str]], stage: str) -> None:
     dupes = sorted(eid for eid, n in Counter(r["episode_id"] for r in rows).items() if n > 1)
     if dupes:
-        raise RunError(f"stage {stage}: episode ids {dupes[:5]} ({len(dupes)} in all) also come from an earlier source; "
-                       f"episode ids must be unique across sources (rename the input files or datasets)")
+        raise RunError(f"stage {stage}: episode ids {dupes[:5]} ({len(dupes)} in all) are already in the run; "
+                       f"episode ids must be unique across sources and stages (rename the input files or datasets)")
 
 
 def build_manifest(config: RunConfig, store: RunStore, rows: list[dict[str, str]], timings: list[dict[str, Any]],

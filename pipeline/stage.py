@@ -9,6 +9,8 @@ quarantine and the manifest.
     map        (1:1)  ``fn(episode, params, ctx) -> Episode`` in Ray Data tasks, or a class
                       ``cls(params, ctx)`` whose ``__call__(episode) -> Episode`` runs in an actor pool (a model loads
                       once per actor). Returning the input episode itself means "unchanged": nothing is written.
+               (1:N)  returning a list fans out: the input (changed or not) and new episodes with ids of their own
+                      (e.g. rollouts of it); each new episode gets its own row, ``source`` = this stage.
                       An optional ``finish(rows, params, ctx)`` runs on the driver afterwards (e.g. assemble per-episode
                       side outputs into one dataset).
     aggregate  (N:1)  ``fn(rows, params, ctx) -> rows | None`` on the driver with every ok row (training, evaluation,

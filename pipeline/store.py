@@ -96,13 +96,19 @@ class RunStore:
     # -- per-episode completion records ------------------------------------------------------------------------------
 
     def done_rows(self, stage_dir: str) -> dict[str, dict[str, str]]:
-        """Rows of the episodes a stage already finished (one LIST, then one small read each)."""
+        """Rows of the episodes a source already made: episode id -> its row."""
+        return {eid: rows[0] for eid, rows in self.done_row_lists(stage_dir).items() if len(rows) == 1}
+
+    def done_row_lists(self, stage_dir: str) -> dict[str, list[dict[str, str]]]:
+        """Completion records of a stage (one LIST, then one small read each): input id -> the rows it produced (itself,
+        and for a map that fans out, the new episodes)."""
         out = {}
         for path in fileio.listdir(fileio.join(stage_dir, DONE_DIR)):
             if path.endswith(".json"):
                 record = self.read_json(path)
                 if record is not None:
-                    out[record["episode_id"]] = self.loaded_row(record)
+                    rows = record["rows"] if "rows" in record else [record]
+                    out[record["episode_id"]] = [self.loaded_row(r) for r in rows]
         return out
 
     # -- markers -----------------------------------------------------------------------------------------------------

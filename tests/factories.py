@@ -28,3 +28,25 @@ def make_episode(episode_id: str = "ep-000", num_frames: int = 6, height: int = 
                    meta={"source": "test", "seed": seed, "parent": None,
                          "state_names": [f"s{i}" for i in range(8)],
                          "action_names": ["dx", "dy", "dz", "dyaw", "gripper"] if with_action else None})
+
+
+def train_tiny_world_model(out_dir, cameras: tuple[str, ...] = ("top",), depth: bool = False, steps: int = 20):
+    """A world model trained for a few steps on 3 exploration episodes (32x32): real code, seconds on the CPU.
+    Returns (checkpoint, a held-out exploration episode)."""
+    from latent_actions.config import LatentActionConfig
+    from pipeline.sim.explore import explore_episode
+    from pipeline.sim.tabletop import TabletopConfig
+    from world_model.config import TrainConfig, WorldModelConfig
+    from world_model.data import PairData
+    from world_model.train import model_config_for, train
+
+    sim = TabletopConfig(width=32, height=32, cameras=cameras, depth=depth, segmentation=False)
+    episodes = [explore_episode(seed, sim, num_frames=10) for seed in range(4)]
+    data = PairData.from_episodes(episodes[:3], cameras, 32, depth=depth,
+                                  labelled={e.episode_id for e in episodes[:3]})
+    config = model_config_for(WorldModelConfig(cameras=cameras, image_size=32, depth=depth,
+                                               latent=LatentActionConfig(latent_dim=8, encoder_channels=(8, 16, 16),
+                                                                         encoder_hidden_dim=32)), data)
+    result = train(config, TrainConfig(steps=steps, batch_size=8, log_every=10, checkpoint_every=steps,
+                                       warmup_steps=2, num_threads=1), data, str(out_dir))
+    return result.checkpoint, episodes[3]

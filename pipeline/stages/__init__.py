@@ -7,6 +7,7 @@ from pipeline.stages import (  # noqa: F401
     ingest_lerobot,
     ingest_videos,
     label_actions,
+    rollout,
     synthesize_qa,
     train_world_model,
     write_lerobot,

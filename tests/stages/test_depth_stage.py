@@ -51,7 +51,7 @@ def test_params_validation():
 
 def test_sensor_backend_quarantines_an_episode_without_depth(tmp_path):
     path = make_episode("no-depth", with_depth=False).save(tmp_path / "in" / "no-depth.episode")
-    out = map_one(row("no-depth", path=str(path)), sensor_depth, _ctx(tmp_path), RunStore(str(tmp_path)))
+    [out] = map_one(row("no-depth", path=str(path)), sensor_depth, _ctx(tmp_path), RunStore(str(tmp_path)))
     assert out["status"] == QUARANTINED
     assert "depth_m.front" in out["reason"] and "configure an estimator backend" in out["reason"]
 

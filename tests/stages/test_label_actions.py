@@ -10,30 +10,14 @@ pytest.importorskip("pybullet")
 from episodes import EpisodeError  # noqa: E402
 from pipeline.stage import Filtered, StageContext  # noqa: E402
 from pipeline.stages.label_actions import LabelActions, LabelActionsParams  # noqa: E402
+from tests.factories import train_tiny_world_model  # noqa: E402
 
 CAMERAS = ("top",)
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """A world model trained for a few steps on 3 exploration episodes (32x32): real code, seconds on the CPU."""
-    from latent_actions.config import LatentActionConfig
-    from pipeline.sim.explore import explore_episode
-    from pipeline.sim.tabletop import TabletopConfig
-    from world_model.config import TrainConfig, WorldModelConfig
-    from world_model.data import PairData
-    from world_model.train import model_config_for, train
-
-    sim = TabletopConfig(width=32, height=32, cameras=CAMERAS, depth=False, segmentation=False)
-    episodes = [explore_episode(seed, sim, num_frames=10) for seed in range(4)]
-    data = PairData.from_episodes(episodes[:3], CAMERAS, 32, labelled={e.episode_id for e in episodes[:3]})
-    config = model_config_for(WorldModelConfig(cameras=CAMERAS, image_size=32,
-                                               latent=LatentActionConfig(latent_dim=8, encoder_channels=(8, 16, 16),
-                                                                         encoder_hidden_dim=32)), data)
-    out = tmp_path_factory.mktemp("wm")
-    result = train(config, TrainConfig(steps=20, batch_size=8, log_every=10, checkpoint_every=20,
-                                       warmup_steps=2, num_threads=1), data, str(out))
-    return result.checkpoint, episodes[3]
+    return train_tiny_world_model(tmp_path_factory.mktemp("wm"), CAMERAS)
 
 
 @pytest.fixture
