@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if manifest["counts"].get("quarantined", 0) < manifest["counts"]["total"] else 1
 
 
+MAX_LISTED = 12  # filtered / quarantined episodes named in the closing summary
+
+
 def summary(manifest: dict) -> str:
     counts = {k: v for k, v in manifest["counts"].items() if k != "total"}
     lines = [
@@ -142,11 +145,16 @@ def summary(manifest: dict) -> str:
         *(f"  stage {t['stage']:<20} {t['seconds']:8.1f} s  {json.dumps(t['counts'])}"
           + ("  (resumed)" if t["resumed"] else "") for t in manifest["stages"]),
     ]
-    for entry in manifest["episodes"]:
-        if entry["fate"] in ("quarantined", "filtered"):
-            lines.append(f"  {entry['fate']}: {entry['episode_id']} at {entry['stage']}: {entry.get('reason', '')}")
+    dropped = [e for e in manifest["episodes"] if e["fate"] in ("quarantined", "filtered")]
+    for entry in dropped[:MAX_LISTED]:
+        lines.append(f"  {entry['fate']}: {entry['episode_id']} at {entry['stage']}: {entry.get('reason', '')}")
+    if len(dropped) > MAX_LISTED:
+        lines.append(f"  ... and {len(dropped) - MAX_LISTED} more filtered or quarantined (reasons in the manifest)")
     if manifest["shards"]:
-        lines.append(f"shards ({len(manifest['shards'])}): {manifest['run_dir']}/{manifest['shards_dir']}")
+        written = next((t["report"].get("episodes_by_provenance") for t in manifest["stages"]
+                        if isinstance(t.get("report"), dict) and "episodes_by_provenance" in t["report"]), None)
+        lines.append(f"shards ({len(manifest['shards'])}): {manifest['run_dir']}/{manifest['shards_dir']}"
+                     + (f"  episodes by provenance: {json.dumps(written)}" if written else ""))
     lines.append(f"manifest: {manifest['run_dir']}/manifest.json   log: {manifest['run_dir']}/run.log")
     return "\n".join(lines)
 

@@ -309,6 +309,13 @@ def check_shard(root: Path, repo_id: str, schema: ShardSchema, entries: list[dic
 # -- provenance ------------------------------------------------------------------------------------------------------
 
 
+def provenance_kind(meta: dict[str, Any]) -> str:
+    """``synthetic`` (a world-model rollout), ``pseudo_labelled`` (real frames, inferred actions) or ``real``."""
+    if meta.get("source") == "synthetic":
+        return "synthetic"
+    return "pseudo_labelled" if meta.get("action_source") == "pseudo_labelled" else "real"
+
+
 def _provenance_entry(episode_index: int, episode: Episode, recorded_path: str) -> dict[str, Any]:
     meta = episode.meta
     return {
@@ -316,6 +323,9 @@ def _provenance_entry(episode_index: int, episode: Episode, recorded_path: str) 
         "episode_id": episode.episode_id,
         "num_frames": episode.num_frames,
         "task": episode.task,
+        "provenance": provenance_kind(meta),
+        "recipe": meta.get("recipe"),  # synthetic: proposal, start frame, seed (the parent is below)
+        "evaluation": meta.get("evaluation"),  # synthetic: every evaluator's score and the filter's decision
         "source": meta.get("source"),
         "source_uri": meta.get("source_uri"),
         "seed": meta.get("seed"),

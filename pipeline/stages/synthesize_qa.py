@@ -89,6 +89,8 @@ class SynthesizeQAParams(params_from(SYNTHESIS, QA, PERCEPTION)):
     rgb_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
     samples_per_shard: int = Field(256, ge=1)
+    include_synthetic: bool = Field(False, description="also world-model rollouts (their depth is predicted, so "
+                                                       "the answers are not measured truth)")
     seed: int | None = Field(None, description="phrasing and sampling seed; default: the run seed")
     resources: Resources = Resources(num_cpus=1)
 
@@ -141,6 +143,11 @@ def synthesize_part(episode: Episode, params: SynthesizeQAParams, ctx: StageCont
 
     eid = episode.episode_id
     tar_path, json_path = part_paths(ctx, eid)
+    if episode.meta.get("source") == "synthetic" and not params.include_synthetic:
+        part = {"episode_id": eid, "error": None, "samples": [], "num_qa": 0,
+                "skips": [["*", "synthetic episode (predicted depth; include_synthetic: false)", 1]]}
+        fileio.atomic_write_text(json_path, json.dumps(part))
+        return part
     try:
         estimated = (episode.meta.get("depth") or {}).get("backend", "sensor") != "sensor"
         result = synthesize_episode(episode, params.synthesis_config(ctx.seed, estimated))
@@ -216,6 +223,8 @@ def build(rows: list[dict], params: SynthesizeQAParams, ctx: StageContext, out_d
             skips.update({(f, reason): n for f, reason, n in part["skips"]})
             if part["error"]:
                 errors[r["episode_id"]] = part["error"]
+                continue
+            if not part["samples"]:
                 continue
             for sample in read_part_samples(tar_path):
                 if writer is None or count >= params.samples_per_shard:

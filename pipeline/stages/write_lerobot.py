@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from tqdm import tqdm
@@ -47,7 +48,9 @@ from tqdm import tqdm
 from episodes import io as fileio
 from pipeline import shards
 from pipeline.lerobot_schema import DEFAULT_ROBOT_TYPE, ShardSchema
-from pipeline.lerobot_shard import MAX_CRF, X26X_PRESETS, ShardInput, WriterSettings, fate, write_and_publish
+from pipeline.lerobot_shard import (
+    MAX_CRF, X26X_PRESETS, ShardInput, WriterSettings, fate, read_provenance, write_and_publish,
+)
 from pipeline.stage import (
     QUARANTINED, WRITTEN, CheckContext, Problem, Resources, StageContext, StageError, StageParams, error_reason,
     register_stage,
@@ -167,7 +170,16 @@ def write_lerobot(rows: list[dict], params: WriteLerobotParams, ctx: StageContex
     ctx.publish(ARTIFACT, shards_dir)
     logger.info("%s: %d shards written, %d kept from an earlier attempt", ctx.stage,
                 len({r["shard"] for r in new.values() if r["status"] == WRITTEN}), len(kept.complete))
+    ctx.write_report({"shards_dir": shards_dir, **written_by_provenance(shards_dir)})
     return [out[r["episode_id"]] for r in rows]
+
+
+def written_by_provenance(shards_dir: str) -> dict[str, Any]:
+    """Episodes in the complete shards per provenance (real, pseudo_labelled, synthetic), from their provenance files."""
+    listing = shards.list_shards(shards_dir)
+    counts = Counter(e["provenance"] for name in listing.complete
+                     for e in read_provenance(fileio.join(shards_dir, name))["episodes"])
+    return {"shards": len(listing.complete), "episodes_by_provenance": dict(sorted(counts.items()))}
 
 
 def _write_new_shards(todo: list[dict], params: WriteLerobotParams, ctx: StageContext, shards_dir: str,

@@ -1,0 +1,187 @@
+"""filter: judge every synthetic trajectory with the subgoal evaluators; keep it or drop it with the reason (1:1).
+
+Each synthetic episode (``meta["source"] == "synthetic"``, from ``rollout``) is scored by the evaluators named in
+``evaluators`` (``evaluators.base``: progress, geometric, consistency, safety, and sim_replay), each a score in [0, 1]
+with a threshold and a reason, and ``combine`` decides (all / any / weighted). Accepted episodes get
+``meta["evaluation"]`` (every score and the decision) and go on; rejected ones are dropped with the failing
+evaluators' reasons in the manifest. Real and pseudo-labelled episodes pass through untouched.
+
+``truth: sim_replay`` (default) also replays every trajectory whose parent came from the embedded simulator and
+records whether it really reached its subgoal, without letting it decide (add ``sim_replay`` to ``evaluators`` to
+filter with it). ``report.json`` then says how often the filter agreed with replay: precision, recall, accepted
+fraction, counts of rejections by evaluator, per-evaluator pass rates; ``decisions.jsonl`` holds every decision.
+
+    - name: filter
+      params:
+        evaluators: {safety: {}, geometric: {ee_tol_m: 0.03}, progress: {}}
+        mode: all            # all | any | weighted (with weights and threshold)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from episodes import Episode
+from episodes import io as fileio
+from pipeline.stage import Filtered, Resources, StageContext, StageParams, register_stage
+
+logger = logging.getLogger(__name__)
+
+STAGE = "filter"
+DECISIONS = "decisions"
+MODEL_JUDGES = {"progress": "readout", "geometric": "readout", "consistency": "world_model"}
+
+
+class FilterParams(StageParams):
+    evaluators: dict[str, dict[str, Any]] = Field(
+        {"safety": {}, "geometric": {}, "progress": {}},
+        description="evaluator name -> its options (threshold, tolerances); see evaluators/")
+    mode: Literal["all", "any", "weighted"] = "all"
+    weights: dict[str, float] | None = Field(None, description="weighted mode: weight per evaluator (default 1)")
+    threshold: float = Field(0.5, ge=0, le=1, description="weighted mode: the combined score needed")
+    truth: Literal["sim_replay", "none"] = Field("sim_replay", description="replay simulator parents to measure the "
+                                                                           "filter (never decides unless listed)")
+    checkpoint: str = Field("", description="world model for consistency; empty: the run's train_world_model")
+    readout: str = Field("", description="read-out directory; empty: the run's train_evaluators")
+    resources: Resources = Resources(num_cpus=1)
+
+    @field_validator("evaluators")
+    @classmethod
+    def _known(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from evaluators.base import EVALUATORS
+
+        _register_all()
+        if not value:
+            raise ValueError("name at least one evaluator")
+        for name, options in value.items():
+            if name not in EVALUATORS:
+                raise ValueError(f"unknown evaluator {name!r} (known: {', '.join(sorted(EVALUATORS))})")
+            unknown = sorted(set(options or {}) - set(EVALUATORS[name].defaults))
+            if unknown:
+                raise ValueError(f"{name}: unknown options {unknown} (known: {sorted(EVALUATORS[name].defaults)})")
+        return value
+
+
+def _register_all() -> None:
+    import evaluators  # noqa: F401  progress, geometric, consistency, safety
+    import pipeline.sim.replay  # noqa: F401  sim_replay
+
+
+def _requires(params: FilterParams) -> tuple[str, ...]:
+    needs = {"world_model"} | {MODEL_JUDGES[name] for name in params.evaluators if name in MODEL_JUDGES}
+    if params.checkpoint:
+        needs.discard("world_model")
+    if params.readout:
+        needs.discard("readout")
+    return tuple(sorted(needs))
+
+
+def finish(rows: list[dict[str, str]], params: FilterParams, ctx: StageContext) -> None:
+    """report.json and decisions.jsonl from the per-episode decisions."""
+    records = []
+    for path in sorted(fileio.listdir(ctx.path(DECISIONS))):
+        if path.endswith(".json"):
+            records.append(json.loads(fileio.read_text(path)))
+    fileio.atomic_write_text(ctx.path("decisions.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
+    report = summarize(records)
+    ctx.write_report(report)
+    logger.info("%s: %d synthetic trajectories judged, %d accepted; against replay: precision %s, recall %s", STAGE,
+                report["judged"], report["accepted"], report.get("precision_vs_replay"),
+                report.get("recall_vs_replay"))
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, rejections by evaluator, pass rates and (where replay truth exists) precision / recall / AUROC."""
+    accepted = [r["accepted"] for r in records]
+    rejected_by = Counter(name for r in records if not r["accepted"]
+                          for name, v in r["evaluators"].items() if not v["passed"])
+    report: dict[str, Any] = {
+        "judged": len(records), "accepted": int(sum(accepted)),
+        "accepted_fraction": round(float(np.mean(accepted)), 4) if records else None,
+        "rejected_by": dict(rejected_by),
+        "pass_rate": {name: round(float(np.mean([r["evaluators"][name]["passed"] for r in records])), 4)
+                      for name in (records[0]["evaluators"] if records else {})},
+        "by_proposal": {p: {"judged": n, "accepted": sum(r["accepted"] for r in records if r["proposal"] == p)}
+                        for p, n in Counter(r["proposal"] for r in records).items()},
+    }
+    truthful = [r for r in records if "truth" in r]
+    if truthful:
+        truth = np.array([r["truth"]["passed"] for r in truthful])
+        chosen = np.array([r["accepted"] for r in truthful])
+        report.update(replayed=len(truthful), replay_success_fraction=round(float(truth.mean()), 4),
+                      precision_vs_replay=round(float(truth[chosen].mean()), 4) if chosen.any() else None,
+                      recall_vs_replay=round(float(chosen[truth].mean()), 4) if truth.any() else None,
+                      auroc_vs_replay={name: auroc([r["evaluators"][name]["score"] for r in truthful], truth)
+                                       for name in truthful[0]["evaluators"]})
+    return report
+
+
+def auroc(scores, labels) -> float | None:
+    """Area under the ROC curve (ties count half); None when only one class is present."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    if not len(pos) or not len(neg):
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return round(float(greater / (len(pos) * len(neg))), 4)
+
+
+@register_stage(STAGE, kind="map", params=FilterParams, requires=_requires, finish=finish)
+class Filter:
+    """Subgoal evaluators on synthetic trajectories; accepted ones carry their scores, rejected ones the reason."""
+
+    def __init__(self, params: FilterParams, ctx: StageContext):
+        import torch
+
+        from evaluators.base import build_evaluator
+
+        _register_all()
+        self.params, self.ctx = params, ctx
+        device = "cuda" if params.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        from world_model.checkpoint import load_world_model
+
+        # The world model always loads: its camera / size layout is what the judges read (and consistency uses it).
+        resources: dict[str, Any] = {"world_model": load_world_model(params.checkpoint or ctx.artifact("world_model"),
+                                                                     device=device)}
+        if "readout" in {MODEL_JUDGES.get(name) for name in params.evaluators}:
+            from evaluators.readout import Readout
+
+            resources["readout"] = Readout.load(params.readout or ctx.artifact("readout"), device=device)
+        self.wm = resources["world_model"]
+        self.judges = {name: build_evaluator(name, options, resources)
+                       for name, options in params.evaluators.items()}
+        self.truth = build_evaluator("sim_replay") if params.truth == "sim_replay" else None
+
+    def __call__(self, episode: Episode) -> Episode:
+        from evaluators.base import combine
+
+        if episode.meta.get("source") != "synthetic":
+            return episode
+        trajectory = self.trajectory(episode)
+        verdicts = {name: judge(trajectory) for name, judge in self.judges.items()}
+        decision = combine(verdicts, self.params.mode, self.params.weights, self.params.threshold)
+        record = {"episode_id": episode.episode_id, "parent": episode.meta.get("parent"),
+                  "proposal": episode.meta.get("recipe", {}).get("proposal"), **decision.to_dict()}
+        if self.truth is not None and episode.meta.get("replay"):
+            truth = self.truth(trajectory)
+            record["truth"] = truth.to_dict()
+        fileio.atomic_write_text(self.ctx.path(DECISIONS, episode.episode_id + ".json"), json.dumps(record))
+        if not decision.accepted:
+            raise Filtered(f"rejected: {decision.reason}")
+        evaluation = {k: v for k, v in record.items() if k not in ("episode_id", "parent", "proposal")}
+        return dataclasses.replace(episode, meta={**episode.meta, "evaluation": evaluation})
+
+    def trajectory(self, episode: Episode):
+        from evaluators.base import Trajectory
+
+        cfg = self.wm.config
+        return Trajectory(frames=self.wm.states(episode), actions=episode.action[:-1],
+                          start_state=None if episode.state is None else episode.state[0], meta=episode.meta,
+                          cameras=tuple(cfg.cameras))
