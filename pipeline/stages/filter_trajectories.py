@@ -9,7 +9,8 @@ evaluators' reasons in the manifest. Real and pseudo-labelled episodes pass thro
 ``truth: sim_replay`` (default) also replays every trajectory whose parent came from the embedded simulator and
 records whether it really reached its subgoal, without letting it decide (add ``sim_replay`` to ``evaluators`` to
 filter with it). ``report.json`` then says how often the filter agreed with replay: precision, recall, accepted
-fraction, counts of rejections by evaluator, per-evaluator pass rates; ``decisions.jsonl`` holds every decision.
+fraction, counts of rejections by evaluator, per-evaluator pass rates; ``decisions.jsonl`` holds every decision and
+``decisions.png`` shows a few accepted and rejected trajectories with their reasons.
 
     - name: filter
       params:
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 STAGE = "filter"
 DECISIONS = "decisions"
+PANEL_ROWS = 8  # trajectories drawn in decisions.png (half accepted, half rejected)
 MODEL_JUDGES = {"progress": "readout", "geometric": "readout", "consistency": "world_model"}
 
 
@@ -91,10 +93,49 @@ def finish(rows: list[dict[str, str]], params: FilterParams, ctx: StageContext) 
             records.append(json.loads(fileio.read_text(path)))
     fileio.atomic_write_text(ctx.path("decisions.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
     report = summarize(records)
+    paths = {r["episode_id"]: r["path"] for r in rows}
+    shown = ([r for r in records if r["accepted"]][:PANEL_ROWS // 2]
+             + [r for r in records if not r["accepted"]][:PANEL_ROWS // 2])
+    if shown:
+        report["panel"] = ctx.path("decisions.png")
+        fileio.atomic_write_bytes(report["panel"], panel([(Episode.load(paths[r["episode_id"]]), r) for r in shown]))
     ctx.write_report(report)
     logger.info("%s: %d synthetic trajectories judged, %d accepted; against replay: precision %s, recall %s", STAGE,
                 report["judged"], report["accepted"], report.get("precision_vs_replay"),
                 report.get("recall_vs_replay"))
+
+
+def panel(items: list[tuple[Episode, dict[str, Any]]], scale: int = 2) -> bytes:
+    """PNG: one row per trajectory (frames 0..K of its first camera; frame 0 is real), labelled with the decision,
+    the proposal, the replay truth and the reason."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    label_w, gap = 330, 2
+    strips, labels = [], []
+    for episode, record in items:
+        frames = next(iter(episode.rgb.values()))  # (K+1, H, W, 3)
+        spacer = np.full((frames.shape[1], gap, 3), 255, np.uint8)
+        strips.append(np.concatenate([x for f in frames for x in (f, spacer)][:-1], axis=1))
+        truth = record.get("truth", {})
+        replay = "" if not truth else (" | replay: reached" if truth["passed"] else " | replay: missed")
+        labels.append([f"{'ACCEPTED' if record['accepted'] else 'REJECTED'} {record['episode_id']}",
+                       f"{record['proposal']}{replay}", record["reason"][:60]])
+    width = max(s.shape[1] for s in strips)
+    strips = [np.pad(s, ((0, gap * 2), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
+    image = Image.fromarray(np.concatenate(strips))
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (image.width + label_w, max(image.height, 14 * 3 * len(items))), "white")
+    canvas.paste(image, (label_w, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_h = strips[0].shape[0] * scale
+    for i, lines in enumerate(labels):
+        for j, line in enumerate(lines):
+            draw.text((4, i * row_h + 2 + 12 * j), line, fill="darkgreen" if items[i][1]["accepted"] else "darkred")
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
