@@ -16,6 +16,7 @@ from latent_actions.config import LatentActionConfig
 
 Backend = Literal["deterministic", "diffusion"]
 CAMERA_NAMES = ("front", "side", "top", "oblique", "wrist")
+GateLoss = Literal["product", "split"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
 
@@ -29,13 +30,36 @@ class DeterministicConfig:
     channels: tuple[int, ...] = (32, 64, 128)  # per level, the first at H/2
     blocks_per_level: int = 1
     bottleneck_blocks: int = 2
+    # the output: s_t + sigmoid(m) * delta, a change delta composited through a per-camera change mask m, so pixels
+    # whose mask is closed are exact copies of s_t (gate=False: s_t + delta, the network before the gate)
+    gate: bool = True
+    gate_weight: float = 1.0  # weight of the mask's binary cross-entropy against the real change mask
+    gate_init_logit: float = -2.0  # the mask's initial logit everywhere (sigmoid(-2) = 0.12: mostly closed)
+    # split: the gated change's error unweighted, plus delta's motion-weighted where the frame changes (see the
+    # predictor's loss); product: the motion-weighted error of the gated change (it over-predicts uncertain motion)
+    gate_loss: GateLoss = "split"
+    motion_threshold: float = 0.03  # a pixel changes if any of its camera's channels moves more than this
+    num_cameras: int = 1  # one mask per camera: in_channels are num_cameras equal groups
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
-        for name in ("in_channels", "cond_dim", "blocks_per_level", "bottleneck_blocks"):
+        for name in ("in_channels", "cond_dim", "blocks_per_level", "bottleneck_blocks", "num_cameras"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if not isinstance(self.gate, bool):
+            raise ValueError(f"gate: expected true or false, got {self.gate!r}")
+        if not isinstance(self.gate_weight, (int, float)) or not self.gate_weight >= 0:
+            raise ValueError(f"gate_weight: expected a number >= 0, got {self.gate_weight!r}")
+        if not isinstance(self.gate_init_logit, (int, float)) or not -20 <= self.gate_init_logit <= 20:
+            raise ValueError(f"gate_init_logit: expected a number from -20 to 20, got {self.gate_init_logit!r}")
+        if self.gate_loss not in ("product", "split"):
+            raise ValueError(f"gate_loss: expected product or split, got {self.gate_loss!r}")
+        if not 0 < self.motion_threshold < 2:
+            raise ValueError(f"motion_threshold: expected 0 < threshold < 2, got {self.motion_threshold!r}")
+        if self.in_channels % self.num_cameras:
+            raise ValueError(f"num_cameras: expected a divisor of in_channels ({self.in_channels}), "
+                             f"got {self.num_cameras}")
         if len(self.channels) < 2 or any(c <= 0 or c % 8 for c in self.channels):
             raise ValueError(f"channels: expected two or more widths, each a multiple of 8, got {list(self.channels)}")
         down = 2 ** len(self.channels)
@@ -44,6 +68,12 @@ class DeterministicConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DeterministicConfig:
+        """A saved config. One saved before the gate existed has no ``gate`` key: it builds the ungated network its
+        weights belong to (a new config, built in code, has the gate by default)."""
+        return cls(**{"gate": False, **d})
 
 
 @dataclass
@@ -137,7 +167,9 @@ class WorldModelConfig:
         shape = {"in_channels": self.in_channels, "image_size": self.image_size}
         self.latent = LatentActionConfig(**{**self.latent.to_dict(), **shape})
         self.deterministic = DeterministicConfig(**{**self.deterministic.to_dict(), **shape,
-                                                    "cond_dim": self.latent.latent_dim})
+                                                    "cond_dim": self.latent.latent_dim,
+                                                    "motion_threshold": self.motion_threshold,
+                                                    "num_cameras": len(self.cameras)})
         self.diffusion = DiffusionConfig(**{**self.diffusion.to_dict(), **shape, "cond_dim": self.latent.latent_dim})
 
     @property
@@ -159,6 +191,10 @@ class WorldModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:
+        """A saved config (``to_dict``, e.g. a checkpoint's): its sub-configs are read as saved ones (see
+        ``DeterministicConfig.from_dict``: one without ``gate`` is the ungated network)."""
+        if isinstance(d.get("deterministic"), dict):
+            d = {**d, "deterministic": DeterministicConfig.from_dict(d["deterministic"])}
         return cls(**d)
 
 

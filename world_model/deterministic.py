@@ -6,6 +6,18 @@ also broadcast as extra channels at the lowest resolution, so the predicted moti
 sees s_t alone (no path from s_t+1 but z). It predicts the frame *difference*, and its loss weights pixels that change
 (see ``world_model.model.motion_weights``), so copying s_t is not a good solution.
 
+The output is gated (``config.gate``; compositing as in Finn et al. 2016, CDNA): the head predicts a change delta and,
+per camera, a change-mask logit m, and the prediction is s_t + sigmoid(m) * delta. Where the mask is closed the pixel is
+an exact copy of s_t, so small errors are not smeared over the static background (which copying gets exactly right).
+The mask learns from the squared error of the gated change and from a binary cross-entropy against the real change
+mask (``change_mask``, weighted by ``gate_weight``). By default (``gate_loss="split"``) the gated change is scored
+with weight 1 on every pixel and delta alone, before the gate, with the motion weight where the frame changes: a motion
+weight on the gated change would make its optimum over-predict motion wherever it is uncertain (with weight 11 on
+moving pixels, a pixel that moves one time in ten is predicted to move 0.55 of the way), which is the smear over static
+pixels the gate is there to remove. The delta head starts at zero and the mask closed-ish (``gate_init_logit``), so an
+untrained model copies s_t exactly. ``gate=False`` is the ungated network (s_t + delta),
+which is what checkpoints saved before the gate existed hold.
+
     predictor = DeterministicPredictor(DeterministicConfig(in_channels=6, image_size=64, cond_dim=16))
     s_next = predictor.predict(s_t, z)  # (B, C, H, W) in [-1, 1]
 """
@@ -65,13 +77,34 @@ class DeterministicPredictor(nn.Module):
             self.upsample.append(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2))
             self.merge.append(nn.Conv2d(2 * chans[i], chans[i], 1))
             self.up_blocks.append(nn.ModuleList([FiLMResBlock(chans[i], 128) for _ in range(config.blocks_per_level)]))
-        self.head = nn.Sequential(nn.GroupNorm(8, chans[0]), nn.GELU(), nn.Conv2d(chans[0], 4 * c, 3, padding=1),
-                                  nn.PixelShuffle(2))
-        nn.init.zeros_(self.head[2].weight)
-        nn.init.zeros_(self.head[2].bias)
+        masks = config.num_cameras if config.gate else 0
+        out = nn.Conv2d(chans[0], 4 * (c + masks), 3, padding=1)  # after the pixel shuffle: C deltas, then the masks
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        nn.init.constant_(out.bias[4 * c:], config.gate_init_logit)
+        self.head = nn.Sequential(nn.GroupNorm(8, chans[0]), nn.GELU(), out, nn.PixelShuffle(2))
 
-    def forward(self, s_t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W), (B, D) -> predicted change (B, C, H, W)."""
+    def forward(self, s_t: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, C, H, W), (B, D) -> the predicted change (B, C, H, W) and, gated, the mask logits (B, cameras, H, W)
+        (None ungated)."""
+        delta, logit = self.heads(s_t, z)
+        return (delta, None) if logit is None else (self.gate(logit) * delta, logit)
+
+    def heads(self, s_t: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's outputs: the change delta (B, C, H, W) before the gate, and the mask logits (B, cameras, H, W)
+        (None ungated)."""
+        out = self.head(self.trunk(s_t, z))
+        if not self.config.gate:
+            return out, None
+        delta, logit = out.split([self.config.in_channels, self.config.num_cameras], dim=1)
+        return delta, logit
+
+    def gate(self, logit: torch.Tensor) -> torch.Tensor:
+        """Mask logits (B, cameras, H, W) -> the gate of every channel (B, C, H, W)."""
+        return torch.sigmoid(logit).repeat_interleave(self.config.in_channels // self.config.num_cameras, dim=1)
+
+    def trunk(self, s_t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The U-Net up to the head: (B, C, H, W), (B, D) -> features (B, c0, H/2, W/2)."""
         cond = self.cond_mlp(z)  # (B, 128)
         h = self.stem(s_t)  # (B, c0, H/2, W/2)
         skips = []
@@ -89,14 +122,40 @@ class DeterministicPredictor(nn.Module):
             h = merge(torch.cat([h, skips.pop()], dim=1))
             for block in blocks:
                 h = block(h, cond)
-        return self.head(h)  # (B, C, H, W)
+        return h
 
     def loss(self, s_t: torch.Tensor, z: torch.Tensor, s_next: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Motion-weighted squared error of the predicted change, per sample: (B,)."""
-        err = (self(s_t, z) - (s_next - s_t)).pow(2).mean(1, keepdim=True)  # (B, 1, H, W)
-        return (err * weight).flatten(1).sum(1) / weight.flatten(1).sum(1)
+        """Motion-weighted squared error of the predicted change, plus (gated) ``gate_weight`` times the mask's binary
+        cross-entropy against the real change mask, per sample: (B,).
+
+        ``gate_loss="split"`` weighs the gated change's error 1 everywhere (its optimum is then the expected change,
+        not one pushed towards moving wherever motion is uncertain) and adds the error of delta alone, before the gate,
+        with the motion weight (``weight - 1``), so delta still learns the motion at full strength; ``"product"``
+        weighs the gated change's error by ``weight``, as the ungated network's."""
+        true = s_next - s_t
+        delta, logit = self.heads(s_t, z)
+        change = delta if logit is None else self.gate(logit) * delta
+        err = (change - true).pow(2).mean(1, keepdim=True)  # (B, 1, H, W)
+        if logit is not None and self.config.gate_loss == "split":
+            err_delta = (delta - true).pow(2).mean(1, keepdim=True)  # (B, 1, H, W)
+            loss = (err + (weight - 1) * err_delta).flatten(1).sum(1) / weight.flatten(1).sum(1)
+        else:
+            loss = (err * weight).flatten(1).sum(1) / weight.flatten(1).sum(1)
+        if logit is not None and self.config.gate_weight > 0:
+            target = change_mask(s_t, s_next, self.config.motion_threshold, self.config.num_cameras)
+            bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")  # (B, cameras, H, W)
+            loss = loss + self.config.gate_weight * bce.flatten(1).mean(1)
+        return loss
 
     @torch.no_grad()
     def predict(self, s_t: torch.Tensor, z: torch.Tensor, **_: Any) -> torch.Tensor:
-        return (s_t + self(s_t, z)).clamp(-1.0, 1.0)
+        return (s_t + self(s_t, z)[0]).clamp(-1.0, 1.0)
+
+
+def change_mask(s_t: torch.Tensor, s_next: torch.Tensor, threshold: float, num_cameras: int) -> torch.Tensor:
+    """(B, C, H, W) x 2 -> (B, cameras, H, W) float: 1 where any channel of that camera changes by more than
+    ``threshold`` (the channels are ``num_cameras`` equal groups, one per camera)."""
+    b, c, h, w = s_t.shape
+    diff = (s_next - s_t).abs().reshape(b, num_cameras, c // num_cameras, h, w)
+    return (diff.amax(2) > threshold).float()
 
