@@ -101,7 +101,7 @@ class DeterministicPredictor(nn.Module):
 
     def gate(self, logit: torch.Tensor) -> torch.Tensor:
         """Mask logits (B, cameras, H, W) -> the gate of every channel (B, C, H, W)."""
-        return torch.sigmoid(logit).repeat_interleave(self.config.in_channels // self.config.num_cameras, dim=1)
+        return torch.sigmoid(logit)[:, camera_of_channel(self.config.in_channels, self.config.num_cameras)]
 
     def trunk(self, s_t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The U-Net up to the head: (B, C, H, W), (B, D) -> features (B, c0, H/2, W/2)."""
@@ -152,10 +152,17 @@ class DeterministicPredictor(nn.Module):
         return (s_t + self(s_t, z)[0]).clamp(-1.0, 1.0)
 
 
+def camera_of_channel(in_channels: int, num_cameras: int) -> list[int]:
+    """The camera of each state channel. States are every camera's RGB, then (with depth) every camera's depth map
+    (``world_model.data.episode_state``), so a camera's channels are not one contiguous group when there is depth."""
+    if in_channels in (3 * num_cameras, 4 * num_cameras):
+        return [c // 3 if c < 3 * num_cameras else c - 3 * num_cameras for c in range(in_channels)]
+    return [c // (in_channels // num_cameras) for c in range(in_channels)]  # equal contiguous groups
+
+
 def change_mask(s_t: torch.Tensor, s_next: torch.Tensor, threshold: float, num_cameras: int) -> torch.Tensor:
     """(B, C, H, W) x 2 -> (B, cameras, H, W) float: 1 where any channel of that camera changes by more than
-    ``threshold`` (the channels are ``num_cameras`` equal groups, one per camera)."""
-    b, c, h, w = s_t.shape
-    diff = (s_next - s_t).abs().reshape(b, num_cameras, c // num_cameras, h, w)
-    return (diff.amax(2) > threshold).float()
-
+    ``threshold`` (see ``camera_of_channel``)."""
+    moved = (s_next - s_t).abs() > threshold  # (B, C, H, W)
+    owner = torch.tensor(camera_of_channel(s_t.shape[1], num_cameras), device=s_t.device)
+    return torch.stack([moved[:, owner == cam].any(1) for cam in range(num_cameras)], dim=1).float()

@@ -122,3 +122,18 @@ def test_a_checkpoint_saved_before_the_gate_loads_with_its_weights(tmp_path):
     z = torch.randn(4, 4)
     expected = model.predictor.predict(s_t, z)
     assert not torch.equal(expected, s_t) and torch.equal(loaded.predictor.predict(s_t, z), expected)
+
+
+def test_each_camera_gates_its_own_rgb_and_depth_channels():
+    """Two cameras with depth: channels are [rgb0, rgb1, depth0, depth1]; motion in camera 1 only opens mask 1."""
+    import torch
+
+    from world_model.deterministic import camera_of_channel, change_mask
+
+    assert camera_of_channel(8, 2) == [0, 0, 0, 1, 1, 1, 0, 1]
+    assert camera_of_channel(6, 2) == [0, 0, 0, 1, 1, 1]
+    s_t = torch.zeros(1, 8, 4, 4)
+    s_next = s_t.clone()
+    s_next[0, 7, 1, 1] = 1.0  # camera 1's depth changes at one pixel
+    mask = change_mask(s_t, s_next, 0.03, 2)
+    assert mask[0, 1, 1, 1] == 1 and mask[0, 0].sum() == 0 and mask.sum() == 1
