@@ -31,6 +31,7 @@ from pydantic import Field, field_validator
 
 from episodes import Episode
 from episodes import io as fileio
+from pipeline.models import device_for, stage_world_model
 from pipeline.stage import Filtered, Resources, StageContext, StageParams, register_stage
 
 logger = logging.getLogger(__name__)
@@ -179,22 +180,18 @@ class Filter:
     """Subgoal evaluators on synthetic trajectories; accepted ones carry their scores, rejected ones the reason."""
 
     def __init__(self, params: FilterParams, ctx: StageContext):
-        import torch
-
         from evaluators.base import build_evaluator
 
         _register_all()
         self.params, self.ctx = params, ctx
-        device = "cuda" if params.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        from world_model.checkpoint import load_world_model
-
         # The world model always loads: its camera / size layout is what the judges read (and consistency uses it).
-        resources: dict[str, Any] = {"world_model": load_world_model(params.checkpoint or ctx.artifact("world_model"),
-                                                                     device=device)}
+        wm, _, _ = stage_world_model(STAGE, params.checkpoint, ctx, params.resources.num_gpus, need_embodiment=False)
+        resources: dict[str, Any] = {"world_model": wm}
         if "readout" in {MODEL_JUDGES.get(name) for name in params.evaluators}:
             from evaluators.readout import Readout
 
-            resources["readout"] = Readout.load(params.readout or ctx.artifact("readout"), device=device)
+            resources["readout"] = Readout.load(params.readout or ctx.artifact("readout"),
+                                                device=device_for(params.resources.num_gpus))
         self.wm = resources["world_model"]
         self.judges = {name: build_evaluator(name, options, resources)
                        for name, options in params.evaluators.items()}

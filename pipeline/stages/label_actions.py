@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from episodes import Episode, EpisodeError
+from pipeline.models import stage_world_model
 from pipeline.stage import CheckContext, Filtered, Problem, Resources, StageContext, StageParams, register_stage
 from pipeline.store import RunStore
 
@@ -89,20 +90,9 @@ class LabelActions:
     """Pseudo-actions (and per-step confidence) for action-less episodes from the latent-action model."""
 
     def __init__(self, params: LabelActionsParams, ctx: StageContext):
-        import torch
-
-        from world_model.checkpoint import load_world_model
-
         self.params = params
-        self.checkpoint = params.checkpoint or ctx.artifact("world_model")
-        device = "cuda" if params.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.wm = load_world_model(self.checkpoint, device=device)
-        names = self.wm.config.embodiments
-        if params.embodiment is not None and params.embodiment not in names:
-            raise ValueError(f"{STAGE}: embodiment {params.embodiment!r} is not one the model knows ({names})")
-        if params.embodiment is None and len(names) != 1:
-            raise ValueError(f"{STAGE}: the model knows several embodiments ({names}); set params.embodiment")
-        self.embodiment = params.embodiment or names[0]
+        self.wm, self.checkpoint, self.embodiment = stage_world_model(STAGE, params.checkpoint, ctx,
+                                                                      params.resources.num_gpus, params.embodiment)
         self.store = RunStore(ctx.run_dir)
 
     def __call__(self, episode: Episode) -> Episode:

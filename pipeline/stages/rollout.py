@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from episodes import Episode
+from pipeline.models import stage_world_model
 from pipeline.stage import CheckContext, Problem, Resources, StageContext, StageParams, register_stage
 from pipeline.store import RunStore
 from pipeline.synthesis import PROPOSALS, plan_rollouts, propose, synthetic_episode
@@ -77,20 +78,9 @@ class Rollout:
     """World-model rollouts from real start frames under sampled action proposals (1:N)."""
 
     def __init__(self, params: RolloutParams, ctx: StageContext):
-        import torch
-
-        from world_model.checkpoint import load_world_model
-
         self.params, self.seed = params, ctx.seed
-        self.checkpoint = params.checkpoint or ctx.artifact("world_model")
-        device = "cuda" if params.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.wm = load_world_model(self.checkpoint, device=device)
-        names = self.wm.config.embodiments
-        if params.embodiment is not None and params.embodiment not in names:
-            raise ValueError(f"{STAGE}: embodiment {params.embodiment!r} is not one the model knows ({names})")
-        if params.embodiment is None and len(names) != 1:
-            raise ValueError(f"{STAGE}: the model knows several embodiments ({names}); set params.embodiment")
-        self.embodiment = params.embodiment or names[0]
+        self.wm, self.checkpoint, self.embodiment = stage_world_model(STAGE, params.checkpoint, ctx,
+                                                                      params.resources.num_gpus, params.embodiment)
         self.provenance = {"checkpoint": RunStore(ctx.run_dir).relative(self.checkpoint), "rollout_model": {
             "backend": self.wm.config.backend, "image_size": self.wm.config.image_size,
             "cameras": list(self.wm.config.cameras), "depth": self.wm.config.depth}}
