@@ -170,7 +170,7 @@ def write_lerobot(rows: list[dict], params: WriteLerobotParams, ctx: StageContex
     ctx.publish(ARTIFACT, shards_dir)
     logger.info("%s: %d shards written, %d kept from an earlier attempt", ctx.stage,
                 len({r["shard"] for r in new.values() if r["status"] == WRITTEN}), len(kept.complete))
-    ctx.write_report({"shards_dir": shards_dir, **written_by_provenance(shards_dir)})
+    ctx.write_report({"shards_dir": shards.SHARDS_DIRNAME, **written_by_provenance(shards_dir)})  # run-relative
     return [out[r["episode_id"]] for r in rows]
 
 

@@ -108,7 +108,8 @@ def test_resume_of_a_complete_run_does_nothing(finished_run, tmp_path):
     manifest = run(parse_config(tiny_config(run_dir)), resume=True)
     assert all(t["resumed"] for t in manifest["stages"])
     assert manifest["counts"] == {"written": 4, "total": 4}
-    assert [t.get("report") for t in manifest["stages"]] == [None, {"abs_rel": 0.01}, None]
+    assert [t.get("report") for t in manifest["stages"]] == [
+        None, {"abs_rel": 0.01}, {"shards_dir": "shards", "shards": 2, "episodes_by_provenance": {"real": 4}}]
 
 
 def test_resume_after_a_param_change_reruns_that_stage_and_later_only(finished_run, tmp_path, caplog):
