@@ -190,7 +190,7 @@ def synthesize(args, spec, test_paths, wm_phase, readout_phase, out: Path) -> di
 
     from episodes import Episode
     from evaluators.readout import Readout
-    from pipeline.sim.replay import Replayer
+    from pipeline.sim.replay import Replayer, subgoal_reached
     from pipeline.stage import Filtered, StageContext
     from pipeline.stages.filter_trajectories import Filter, FilterParams, auroc
     from pipeline.stages.rollout import Rollout, RolloutParams
@@ -225,8 +225,6 @@ def synthesize(args, spec, test_paths, wm_phase, readout_phase, out: Path) -> di
         episode = by_id[record["episode_id"]]
         meta = episode.meta
         result = replayer(meta, meta["replay"]["state"], episode.action[:-1])
-        from pipeline.sim.replay import subgoal_reached
-
         reached, _ = subgoal_reached(result, meta["subgoal"])
         truth.append(reached)
         frames = judge.trajectory(episode).frames

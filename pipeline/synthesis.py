@@ -21,7 +21,6 @@ state and action names, so it shares the parent's LeRobot schema; its state hold
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -152,6 +151,3 @@ def synthetic_episode(parent: Episode, recipe: dict[str, Any], actions: np.ndarr
                    rgb=cams, depth_m=depths, state=commanded_state(parent, t0, actions),
                    action=np.concatenate([actions, hold]).astype(np.float32), meta=meta)
 
-
-def with_meta(episode: Episode, **meta: Any) -> Episode:
-    return dataclasses.replace(episode, meta={**episode.meta, **meta})
