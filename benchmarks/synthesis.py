@@ -88,7 +88,8 @@ def train_world_model(args, spec, train_paths, out: Path) -> dict:
                                   labelled=labelled_ids(train_paths, args.labelled_fraction, spec.seed))
     latent = LatentActionConfig(encoder_channels=(8, 16, 16), encoder_hidden_dim=32) if args.quick else \
         LatentActionConfig()
-    config = model_config_for(WorldModelConfig(cameras=spec.cameras, image_size=spec.image_size, latent=latent), data)
+    config = model_config_for(WorldModelConfig(cameras=spec.cameras, image_size=spec.image_size, latent=latent,
+                                               rollout_context=args.rollout_context), data)
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, warmup_steps=min(100, args.steps // 10 + 1),
                      checkpoint_every=max(1, args.steps // 10), log_every=max(1, args.steps // 20), seed=spec.seed,
                      num_threads=args.threads)
@@ -334,6 +335,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="world-model and IDM training steps")
     parser.add_argument("--readout-steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rollout-context", type=int, default=0,
+                        help="train the world model on its own predictions this many steps deep (0: off)")
     parser.add_argument("--labelled-fraction", type=float, default=0.10)
     parser.add_argument("--rollouts", type=int, default=8, help="rollouts per held-out scripted episode")
     parser.add_argument("--horizon", type=int, default=8)

@@ -136,6 +136,11 @@ class WorldModelConfig:
     head_weight: float = 0.1
     motion_weight: float = 10.0  # extra loss weight on pixels that change between s_t and s_t+1
     motion_threshold: float = 0.03  # a pixel changes if any channel moves more than this (in [-1, 1] units)
+    # training on its own predictions (deterministic backend): a ``rollout_fraction`` of each batch starts from the
+    # model's own open-loop prediction of s_t, rolled ``rollout_context`` steps from a real frame without gradients,
+    # so W learns to correct the drift it makes in multi-step rollouts (0: every pair starts from a real s_t)
+    rollout_context: int = 0
+    rollout_fraction: float = 0.5
 
     def __post_init__(self):
         if isinstance(self.latent, dict):
@@ -163,6 +168,14 @@ class WorldModelConfig:
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
         if not 0 < self.motion_threshold < 2:
             raise ValueError(f"motion_threshold: expected 0 < threshold < 2, got {self.motion_threshold!r}")
+        if isinstance(self.rollout_context, bool) or not isinstance(self.rollout_context, int) \
+                or not 0 <= self.rollout_context <= 16:
+            raise ValueError(f"rollout_context: expected an integer from 0 to 16, got {self.rollout_context!r}")
+        if self.rollout_context and self.backend != "deterministic":
+            raise ValueError("rollout_context: training on own predictions needs backend: deterministic "
+                             f"(got {self.backend}); set rollout_context: 0")
+        if not isinstance(self.rollout_fraction, (int, float)) or not 0 < self.rollout_fraction <= 1:
+            raise ValueError(f"rollout_fraction: expected 0 < fraction <= 1, got {self.rollout_fraction!r}")
         # one source of truth for the shapes: rebuild the sub-configs so they agree (and re-validate)
         shape = {"in_channels": self.in_channels, "image_size": self.image_size}
         self.latent = LatentActionConfig(**{**self.latent.to_dict(), **shape})
@@ -187,7 +200,8 @@ class WorldModelConfig:
                 "alignment": self.alignment, "recon_weight": self.recon_weight,
                 "action_recon_weight": self.action_recon_weight, "align_weight": self.align_weight,
                 "head_weight": self.head_weight, "motion_weight": self.motion_weight,
-                "motion_threshold": self.motion_threshold}
+                "motion_threshold": self.motion_threshold, "rollout_context": self.rollout_context,
+                "rollout_fraction": self.rollout_fraction}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:

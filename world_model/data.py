@@ -192,9 +192,11 @@ class PairData:
                 out[row] = self.ee_deltas[ep][t]
         return out
 
-    def batch(self, index: np.ndarray, normalizer=None) -> dict[str, torch.Tensor]:
+    def batch(self, index: np.ndarray, normalizer=None, context: int = 0) -> dict[str, torch.Tensor]:
         """Model inputs for pairs ``index``: s_t, s_next (B, C, H, W) in [-1, 1], action (B, A_max) normalised
-        (when a normalizer is given), labelled (B,), embodiment (B,) index into ``embodiment_names``."""
+        (when a normalizer is given), labelled (B,), embodiment (B,) index into ``embodiment_names``. With
+        ``context`` k > 0 also the k states before s_t, s_hist (B, k, C, H, W) (frame t-k+j, the episode's first
+        frame where that is before the start), and hist_valid (B, k) bool: whether frame t-k+j exists."""
         ep, t = self.pairs[index, 0], self.pairs[index, 1]
         s_t = np.stack([self.states[e][i] for e, i in zip(ep, t)])
         s_next = np.stack([self.states[e][i + 1] for e, i in zip(ep, t)])
@@ -206,8 +208,13 @@ class PairData:
         if normalizer is not None:
             action_t = normalizer.normalize_padded(action_t, embodiment, self.embodiment_names)
         labelled_t = torch.from_numpy(labelled)
-        return {"s_t": to_model(s_t), "s_next": to_model(s_next), "action": action_t * labelled_t[:, None],
-                "labelled": labelled_t, "embodiment": torch.from_numpy(embodiment)}
+        out = {"s_t": to_model(s_t), "s_next": to_model(s_next), "action": action_t * labelled_t[:, None],
+               "labelled": labelled_t, "embodiment": torch.from_numpy(embodiment)}
+        if context > 0:
+            frame = t[:, None] - context + np.arange(context)[None]  # (B, k)
+            out["s_hist"] = to_model(np.stack([[self.states[e][max(i, 0)] for i in row] for e, row in zip(ep, frame)]))
+            out["hist_valid"] = torch.from_numpy(frame >= 0)
+        return out
 
 
 class BatchSampler:

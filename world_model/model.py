@@ -59,8 +59,10 @@ class LatentWorldModel(nn.Module):
         embodiment (B,) long. Returns the total loss and its parts as floats."""
         cfg = self.config
         s_t, s_next = batch["s_t"], batch["s_next"]
+        out = self.latent(s_t, s_next)  # z: (B, D), from the real pair
+        if cfg.rollout_context and "s_hist" in batch:
+            s_t = self.own_prediction(batch)  # W's input; E above saw the real s_t
         weight = motion_weights(s_t, s_next, cfg.motion_weight, cfg.motion_threshold)  # (B, 1, H, W)
-        out = self.latent(s_t, s_next)  # z: (B, D)
         recon = self.predictor.loss(s_t, out.z, s_next, weight).mean()
         loss = cfg.recon_weight * recon + out.aux_loss
         parts = {"recon": recon.detach(), "bottleneck": out.aux_loss.detach()}
@@ -85,3 +87,20 @@ class LatentWorldModel(nn.Module):
             parts.update(align=align.detach(), head=head.detach(), recon_action=recon_a.detach())
         parts["loss"] = loss.detach()
         return loss, {k: float(v) for k, v in parts.items()}
+
+    @torch.no_grad()
+    def own_prediction(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """s_t (B, C, H, W) with its first ``rollout_fraction`` of rows replaced by W's open-loop prediction of s_t:
+        rolled from the real frame ``rollout_context`` steps back with the latents E infers from the real pairs
+        (rows near an episode's start roll fewer steps; a row at t = 0 stays real). No gradient flows through the
+        roll: the loss then asks W to predict s_t+1 from the drifted frame it will meet in a rollout."""
+        s_t, hist, valid = batch["s_t"], batch["s_hist"], batch["hist_valid"]  # (B, k, C, H, W), (B, k)
+        rows = max(1, int(round(self.config.rollout_fraction * s_t.shape[0])))
+        hist, valid = hist[:rows], valid[:rows]
+        frames = torch.cat([hist, s_t[:rows, None]], dim=1)  # (rows, k + 1, C, H, W): real frames t-k .. t
+        x = frames[:, 0]
+        for j in range(hist.shape[1]):
+            z = self.latent(frames[:, j], frames[:, j + 1]).z_clean  # (rows, D)
+            step = self.predictor.predict(x, z)
+            x = torch.where(valid[:, j, None, None, None], step, frames[:, j + 1])
+        return torch.cat([x, s_t[rows:]], dim=0)

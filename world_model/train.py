@@ -129,7 +129,8 @@ def train(model_config: WorldModelConfig, train_config: TrainConfig, data: PairD
     for step in range(start, tc.steps):
         for group in optimizer.param_groups:
             group["lr"] = tc.lr_at(step)
-        batch = {k: v.to(device, non_blocking=True) for k, v in data.batch(sampler.sample(), normalizer).items()}
+        batch = data.batch(sampler.sample(), normalizer, context=model.config.rollout_context)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         loss, parts = net(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -64,6 +64,8 @@ MODEL = ConfigFields(WorldModelConfig, {
     "align_weight": "",
     "head_weight": "",
     "motion_weight": "",
+    "rollout_context": "train W on its own open-loop predictions this many steps deep (0: off); less drift in rollouts",
+    "rollout_fraction": "share of each batch that starts from W's own prediction when rollout_context > 0",
 })
 LATENT = ConfigFields(LatentActionConfig, {
     "bottleneck": "", "latent_dim": "", "kl_weight": "", "noise_std": "", "fsq_levels": "", "vq_codebook_size": "",
