@@ -9,6 +9,10 @@ Features per schema:
     observation.depth.<cam>   video (H, W, 1), ``is_depth_map`` (cameras with a depth stream only)
     observation.state         float32 (D,)   names from ``meta["state_names"]`` (state_0.. if absent)
     action                    float32 (A,)   names from ``meta["action_names"]``; absent for action-less episodes
+
+``ShardSchema.frame`` turns one time step (RGB and depth per camera, state, action) into the frame dict of these keys:
+the shard writer (``lerobot_shard``) feeds it to lerobot's ``add_frame`` and the closed-loop evaluator
+(``policy_eval``) to the policy, so the keys and conversions are defined once, here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from episodes import Episode, EpisodeError, read_header_and_meta, streams
 from episodes.io import PathLike
 
@@ -25,6 +31,10 @@ DEFAULT_ROBOT_TYPE = "franka_panda"  # the tabletop generator's robot; ingested 
 # lerobot 0.6.1's streaming writer keeps no video stats for a 1-frame episode, and finalize() then fails for the whole
 # dataset (misaligned stats columns); a single frame is no trajectory anyway.
 MIN_FRAMES = 2
+IMAGES_PREFIX = "observation.images."  # + camera name
+DEPTH_PREFIX = "observation.depth."  # + camera name
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
 
 
 @dataclass(frozen=True)
@@ -86,20 +96,36 @@ class ShardSchema:
     def features(self) -> dict[str, dict]:
         features: dict[str, dict] = {}
         for cam, height, width in self.cameras:
-            features[f"observation.images.{cam}"] = {
+            features[IMAGES_PREFIX + cam] = {
                 "dtype": "video", "shape": (height, width, 3), "names": ["height", "width", "channels"]}
         for cam, height, width in self.cameras:
             if cam in self.depth_cameras:
-                features[f"observation.depth.{cam}"] = {
+                features[DEPTH_PREFIX + cam] = {
                     "dtype": "video", "shape": (height, width, 1), "names": ["height", "width", "channels"],
                     "info": {"is_depth_map": True}}
         if self.state_names is not None:
-            features["observation.state"] = {"dtype": "float32", "shape": (len(self.state_names),),
-                                             "names": list(self.state_names)}
+            features[STATE_KEY] = {"dtype": "float32", "shape": (len(self.state_names),),
+                                   "names": list(self.state_names)}
         if self.action_names is not None:
-            features["action"] = {"dtype": "float32", "shape": (len(self.action_names),),
-                                  "names": list(self.action_names)}
+            features[ACTION_KEY] = {"dtype": "float32", "shape": (len(self.action_names),),
+                                    "names": list(self.action_names)}
         return features
+
+    def frame(self, rgb: dict[str, np.ndarray], depth_m: dict[str, np.ndarray], state: np.ndarray | None,
+              action: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """One time step as a lerobot frame dict with the keys of ``features()`` (no ``task``).
+
+        rgb[cam] (H, W, 3) uint8; depth_m[cam] (H, W) float32 metres, NaN or 0 = no measurement (written as 0);
+        state (D,); action (A,), ignored when the schema has no action (an evaluator has none yet).
+        """
+        frame = {IMAGES_PREFIX + cam: rgb[cam] for cam, _, _ in self.cameras}  # (H, W, 3) uint8
+        for cam in self.depth_cameras:
+            frame[DEPTH_PREFIX + cam] = np.nan_to_num(depth_m[cam], nan=0.0)[..., None]  # (H, W, 1) float32 m
+        if self.state_names is not None:
+            frame[STATE_KEY] = np.ascontiguousarray(state, dtype=np.float32)  # (D,)
+        if self.action_names is not None and action is not None:
+            frame[ACTION_KEY] = np.ascontiguousarray(action, dtype=np.float32)  # (A,)
+        return frame
 
     def difference(self, other: ShardSchema) -> str:
         """'fps: 15 (shard has 10); ...' for each field where ``other`` (the odd episode) differs."""

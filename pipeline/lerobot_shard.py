@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from episodes import Episode, EpisodeError
 from episodes import io as fileio
 from pipeline import shards
@@ -245,19 +243,12 @@ def create_dataset(root: Path, schema: ShardSchema, settings: WriterSettings):
 
 
 def _add_frames(dataset, episode: Episode, schema: ShardSchema) -> None:
-    """add_frame for every frame of the episode; arrays are converted once, not per frame."""
-    columns: list[tuple[str, np.ndarray]] = []
-    for cam, _, _ in schema.cameras:
-        columns.append((f"observation.images.{cam}", episode.rgb[cam]))  # (T, H, W, 3) uint8
-    for cam in schema.depth_cameras:
-        depth_m = np.nan_to_num(episode.depth_m[cam], nan=0.0)  # NaN = no measurement, like 0
-        columns.append((f"observation.depth.{cam}", depth_m[..., None]))  # (T, H, W, 1) float32 metres
-    if schema.state_names is not None:
-        columns.append(("observation.state", np.ascontiguousarray(episode.state, dtype=np.float32)))  # (T, D)
-    if schema.action_names is not None:
-        columns.append(("action", np.ascontiguousarray(episode.action, dtype=np.float32)))  # (T, A)
+    """add_frame for every frame of the episode, each made by ``ShardSchema.frame`` (as the evaluator's are)."""
     for t in range(episode.num_frames):
-        frame = {key: values[t] for key, values in columns}
+        frame = schema.frame({cam: values[t] for cam, values in episode.rgb.items()},
+                             {cam: values[t] for cam, values in episode.depth_m.items()},
+                             None if episode.state is None else episode.state[t],
+                             None if episode.action is None else episode.action[t])
         frame["task"] = episode.task
         dataset.add_frame(frame)
         _wait_for_encoders(dataset)
