@@ -1,8 +1,8 @@
 """Subgoal evaluators: judges of synthetic trajectories (see ``evaluators.base``). Importing the package registers
-``progress``, ``geometric``, ``consistency`` and ``safety``; the simulator replay judge registers itself from
+``progress``, ``geometric``, ``consistency``, ``safety`` and ``reach``; the simulator replay judge registers itself from
 ``pipeline.sim.replay`` (this package never imports ``pipeline``)."""
 
-from evaluators import consistency, geometric, progress, safety  # noqa: F401  (registers the judges)
+from evaluators import consistency, geometric, progress, reach, safety  # noqa: F401  (registers the judges)
 from evaluators.base import (
     EVALUATORS,
     Decision,

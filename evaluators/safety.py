@@ -88,13 +88,9 @@ class Safety(Evaluator):
                                     step=k, value=float(actions[k, d]), low=float(low[d]), high=float(high[d]))
 
         # the commanded path
-        columns = _indices(meta.get("action_names"), EE_ACTION_NAMES)
-        if columns is None or actions.shape[1] <= max(columns):
+        path, known = commanded_path(trajectory)
+        if path is None:
             return self.verdict(0.0, f"cannot judge: actions {meta.get('action_names')} have no dx, dy, dz")
-        deltas = actions[:, columns]  # (K, 3) metres per step
-        start = _start_ee(trajectory)
-        known = start is not None
-        path = np.concatenate([np.zeros((1, 3)), np.cumsum(deltas, axis=0)]) + (start if known else 0.0)  # (K+1, 3)
         speed = np.linalg.norm(np.diff(path, axis=0), axis=1) * fps  # (K,) m/s
         jerk = np.linalg.norm(np.diff(path, n=3, axis=0), axis=1) * fps ** 3  # (K-2,) m/s^3
         details = {"max_speed_mps": float(speed.max(initial=0.0)), "max_jerk_mps3": float(jerk.max(initial=0.0))}
@@ -127,6 +123,19 @@ class Safety(Evaluator):
                                 step=k + 1, **details)
         reason = "safe" if known else "speed and jerk ok (start state unknown: table and workspace not checked)"
         return self.verdict(1.0, reason, **details)
+
+
+def commanded_path(trajectory: Trajectory) -> tuple[np.ndarray | None, bool]:
+    """The commanded end-effector path (K + 1, 3) in metres and whether it is absolute: from the start ee position
+    when the start state has ee_x, ee_y, ee_z (True), else relative to the start (False). (None, False) when the
+    actions have no dx, dy, dz."""
+    actions = np.asarray(trajectory.actions, dtype=float)
+    columns = _indices(trajectory.meta.get("action_names"), EE_ACTION_NAMES)
+    if columns is None or actions.ndim != 2 or actions.shape[1] <= max(columns):
+        return None, False
+    start = _start_ee(trajectory)
+    path = np.concatenate([np.zeros((1, 3)), np.cumsum(actions[:, columns], axis=0)])  # (K + 1, 3)
+    return (path, False) if start is None else (path + start, True)
 
 
 def _indices(names, wanted: tuple[str, ...]) -> list[int] | None:

@@ -54,3 +54,18 @@ def test_ee_only_subgoals_and_untrained_object_head():
 def test_needs_a_readout():
     with pytest.raises(ValueError, match="readout"):
         build_evaluator("geometric", {}, {})
+
+
+def test_check_picks_the_terms():
+    far_arm = KnownReadout(ee_xyz=[0.50, 0.30, 0.12], object_xyz=[0.605, -0.10, 0.02])  # arm 20 cm off, object there
+    assert not judge(far_arm).passed
+    objects_only = judge(far_arm, check=["object", "table"])
+    assert objects_only.passed and "ee_term" not in objects_only.details and "ee_error_cm" not in objects_only.details
+    nothing = judge(far_arm, target=None, objects=None, check=["object"])
+    assert nothing.score == 0.0 and nothing.reason.startswith("cannot judge")
+
+
+@pytest.mark.parametrize("check", [[], "object", ["object", "gripper"]])
+def test_bad_check_fails_naming_the_option(check):
+    with pytest.raises(ValueError, match="check"):
+        build_evaluator("geometric", {"check": check}, {"readout": KnownReadout()})
