@@ -3,6 +3,8 @@
     wmsynth validate stages.yaml [--set stage.param=value ...]
     wmsynth run stages.yaml [--set stage.param=value ...] [--output DIR] [--only STAGE] [--resume]
     wmsynth stages
+    wmsynth verify RUN_DIR
+    wmsynth eval-policy CHECKPOINT [--task push] [--episodes 50] [--seed 1000]
 
 Exit codes: 0 success, 1 the run failed, 2 the configuration is invalid (every error printed with its YAML path).
 """
@@ -10,6 +12,7 @@ Exit codes: 0 success, 1 the run failed, 2 the configuration is invalid (every e
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -25,6 +28,13 @@ def _version() -> str:
         return metadata.version("wmsynth")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+# Subcommands that live with their code: name -> (module with add_arguments(parser) and command(args) -> int, help)
+TOOLS = {
+    "eval-policy": ("pipeline.policy_eval", "run a lerobot policy checkpoint in the embedded simulator: success rate "
+                                            "with a 95% confidence interval per task family, and GIFs"),
+}
 
 
 def _verbosity() -> argparse.ArgumentParser:
@@ -58,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                             parents=[common])
     verify.add_argument("run_dir")
     verify.add_argument("--frames-per-episode", type=int, default=6)
+    for name, (module, help_text) in TOOLS.items():
+        importlib.import_module(module).add_arguments(sub.add_parser(name, help=help_text, parents=[common]))
     return parser
 
 
@@ -92,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stages":
         _print_stages()
         return 0
+    if args.command in TOOLS:
+        return importlib.import_module(TOOLS[args.command][0]).command(args)
 
     if args.command == "verify":
         from episodes.io import join

@@ -16,8 +16,6 @@ from pipeline.lerobot_schema import DEPTH_PREFIX, IMAGES_PREFIX, STATE_KEY, Shar
 from pipeline.policy_eval import (
     EVAL_FILE,
     EvalSetupError,
-    add_arguments,
-    command,
     evaluate_policy,
     observation_batch,
     sim_schema,
@@ -129,18 +127,14 @@ def test_evaluate_policy(checkpoint, tmp_path):
     assert again["episodes"] == result["episodes"]
 
 
-def test_command_writes_eval_json(checkpoint, tmp_path, capsys):
-    import argparse
+def test_wmsynth_eval_policy_writes_eval_json(checkpoint, tmp_path, capsys):
+    from pipeline.cli import main
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args([str(checkpoint), "--task", "stack", "--episodes", "1", "--max-steps", "3", "--gifs",
-                              "0", "--out", str(tmp_path)])
-    assert command(args) == 0
+    options = ["--task", "stack", "--episodes", "1", "--max-steps", "3", "--gifs", "0", "--out", str(tmp_path)]
+    assert main(["eval-policy", str(checkpoint), *options]) == 0
     assert json.loads((tmp_path / EVAL_FILE).read_text())["per_family"]["stack"]["num_episodes"] == 1
     assert re.search(r"success [01]/1 ", capsys.readouterr().out)
-    args.checkpoint = str(tmp_path / "missing")
-    assert command(args) == 2
+    assert main(["eval-policy", str(tmp_path / "missing"), *options]) == 2
     assert "missing" in capsys.readouterr().err
 
 
