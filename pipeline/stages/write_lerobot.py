@@ -80,6 +80,8 @@ class WriteLerobotParams(StageParams):
     depth_min_m: float = Field(0.01, gt=0, description="depth quantiser range, metres")
     depth_max_m: float = Field(10.0, gt=0)
     encoder_threads: int | None = Field(1, ge=1, description="threads per video encoder; None = codec decides")
+    merge: bool = Field(False, description="also merge the run's shards into one LeRobot dataset per schema under "
+                                           "<run>/merged (pipeline.merge), to train on")
     resources: Resources = Resources(num_cpus=1)
 
     @model_validator(mode="after")
@@ -98,7 +100,7 @@ class WriteLerobotParams(StageParams):
         return self
 
     def writer_settings(self) -> WriterSettings:
-        return WriterSettings(**self.model_dump(exclude={"episodes_per_shard", "resources"}))
+        return WriterSettings(**self.model_dump(exclude={"episodes_per_shard", "resources", "merge"}))
 
 
 # -- validation-time checks ------------------------------------------------------------------------------------------
@@ -170,8 +172,26 @@ def write_lerobot(rows: list[dict], params: WriteLerobotParams, ctx: StageContex
     ctx.publish(ARTIFACT, shards_dir)
     logger.info("%s: %d shards written, %d kept from an earlier attempt", ctx.stage,
                 len({r["shard"] for r in new.values() if r["status"] == WRITTEN}), len(kept.complete))
-    ctx.write_report({"shards_dir": shards.SHARDS_DIRNAME, **written_by_provenance(shards_dir)})  # run-relative
+    report = {"shards_dir": shards.SHARDS_DIRNAME, **written_by_provenance(shards_dir)}  # run-relative
+    if params.merge and report["shards"]:
+        report["merged"] = _merge(ctx.run_dir)  # roots relative to the run, like shards_dir
+    ctx.write_report(report)
     return [out[r["episode_id"]] for r in rows]
+
+
+def _merge(run_dir: str) -> list[dict[str, Any]]:
+    """``merge: true``: the run's shards as one dataset per schema in ``<run>/merged``; their roots for the report."""
+    from pipeline.merge import merge_run
+
+    try:
+        merged = merge_run(run_dir)
+    except Exception as exc:  # the shards are written and stay valid: the merge can be redone with `wmsynth merge`
+        raise StageError(f"{STAGE}: the shards are written, but merging them failed: {error_reason(exc)}; "
+                         f"retry with `wmsynth merge {run_dir}`") from exc
+    store = RunStore(run_dir)
+    return [{"root": store.relative(d["root"]), **{key: d[key] for key in ("repo_id", "episodes", "frames",
+                                                                            "episodes_by_provenance")}}
+            for d in merged["datasets"]]
 
 
 def written_by_provenance(shards_dir: str) -> dict[str, Any]:
