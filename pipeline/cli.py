@@ -4,6 +4,7 @@
     wmsynth run stages.yaml [--set stage.param=value ...] [--output DIR] [--only STAGE] [--resume]
     wmsynth stages
     wmsynth verify RUN_DIR
+    wmsynth merge RUN [RUN ...] [--out DIR]
     wmsynth eval-policy CHECKPOINT [--task push] [--episodes 50] [--seed 1000]
 
 Exit codes: 0 success, 1 the run failed, 2 the configuration is invalid (every error printed with its YAML path).
@@ -32,6 +33,8 @@ def _version() -> str:
 
 # Subcommands that live with their code: name -> (module with add_arguments(parser) and command(args) -> int, help)
 TOOLS = {
+    "merge": ("pipeline.merge", "merge runs' LeRobot shards into one dataset per schema (lerobot's aggregation), with "
+                                "every episode's provenance and source; prints the lerobot-train command"),
     "eval-policy": ("pipeline.policy_eval", "run a lerobot policy checkpoint in the embedded simulator: success rate "
                                             "with a 95% confidence interval per task family, and GIFs"),
 }

@@ -3,7 +3,6 @@ provenance and a per-episode source; and lerobot's own ``lerobot-train`` trains 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import pytest
 from episodes import io as fileio
 from pipeline.execute import run_aggregate
 from pipeline.lerobot_shard import PROVENANCE_FILE, write_and_publish
-from pipeline.merge import SOURCE_COLUMN, MergeError, add_arguments, command, merge_run, merge_runs
+from pipeline.merge import SOURCE_COLUMN, MergeError, merge_run, merge_runs
 from pipeline.stage import REGISTRY, WRITTEN, StageContext
 from pipeline.stages.write_lerobot import STAGE, WriteLerobotParams
 from tests.shard_factories import REPO_ID, ok_rows, read_shard, save_episodes, shard_episode, shard_inputs
@@ -133,18 +132,17 @@ def test_bad_input_is_a_clear_error(runs, tmp_path, capsys):
     provenance = json.loads((shard / PROVENANCE_FILE).read_text())
     del provenance["schema"]
     (shard / PROVENANCE_FILE).write_text(json.dumps(provenance))
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert command(parser.parse_args([str(broken)])) == 2
+    from pipeline.cli import main
+
+    assert main(["merge", str(broken)]) == 2
     assert f"{shard}/{PROVENANCE_FILE}: field 'schema' is missing" in capsys.readouterr().err
     assert not (broken / "merged").exists()
 
 
-def test_command_prints_the_datasets_and_a_training_command(runs, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+def test_wmsynth_merge_prints_the_datasets_and_a_training_command(runs, tmp_path, capsys):
+    from pipeline.cli import main
 
-    assert command(parser.parse_args([str(runs["b"]), "--out", str(tmp_path / "m"), "--repo-id", "local/b"])) == 0
+    assert main(["merge", str(runs["b"]), "--out", str(tmp_path / "m"), "--repo-id", "local/b"]) == 0
 
     out = capsys.readouterr().out
     assert f"merge: 1 shards -> {tmp_path / 'm' / 'b'} (1 episodes" in out

@@ -1,7 +1,7 @@
 """filter: judge every synthetic trajectory with the subgoal evaluators; keep it or drop it with the reason (1:1).
 
 Each synthetic episode (``meta["source"] == "synthetic"``, from ``rollout``) is scored by the evaluators named in
-``evaluators`` (``evaluators.base``: progress, geometric, consistency, safety, and sim_replay), each a score in [0, 1]
+``evaluators`` (``evaluators.base``: progress, geometric, consistency, safety, reach, and sim_replay), each a score in [0, 1]
 with a threshold and a reason, and ``combine`` decides (all / any / weighted). Accepted episodes get
 ``meta["evaluation"]`` (every score and the decision) and go on; rejected ones are dropped with the failing
 evaluators' reasons in the manifest. Real and pseudo-labelled episodes pass through untouched.
@@ -10,11 +10,13 @@ evaluators' reasons in the manifest. Real and pseudo-labelled episodes pass thro
 records whether it really reached its subgoal, without letting it decide (add ``sim_replay`` to ``evaluators`` to
 filter with it). ``report.json`` then says how often the filter agreed with replay: precision, recall, accepted
 fraction, counts of rejections by evaluator, per-evaluator pass rates; ``decisions.jsonl`` holds every decision and
-``decisions.png`` shows a few accepted and rejected trajectories with their reasons.
+``decisions.png`` shows a few accepted and rejected trajectories with their reasons. ``keep_rejected: true`` judges
+and records the same way but lets rejected trajectories through (``meta.evaluation.accepted`` says which), so one run
+can write both the filtered and the unfiltered data (the policy-value benchmark's two synthetic arms).
 
     - name: filter
       params:
-        evaluators: {safety: {}, geometric: {ee_tol_m: 0.03}, progress: {}}
+        evaluators: {safety: {}, reach: {}, geometric: {check: [object, table]}}
         mode: all            # all | any | weighted (with weights and threshold)
 """
 
@@ -49,6 +51,8 @@ class FilterParams(StageParams):
     mode: Literal["all", "any", "weighted"] = "all"
     weights: dict[str, float] | None = Field(None, description="weighted mode: weight per evaluator (default 1)")
     threshold: float = Field(0.5, ge=0, le=1, description="weighted mode: the combined score needed")
+    keep_rejected: bool = Field(False, description="judge and record every trajectory but keep the rejected ones "
+                                                   "too (meta.evaluation.accepted false): to measure what filtering buys")
     truth: Literal["sim_replay", "none"] = Field("sim_replay", description="replay simulator parents to measure the "
                                                                            "filter (never decides unless listed)")
     checkpoint: str = Field("", description="world model for consistency; empty: the run's train_world_model")
@@ -73,7 +77,7 @@ class FilterParams(StageParams):
 
 
 def _register_all() -> None:
-    import evaluators  # noqa: F401  progress, geometric, consistency, safety
+    import evaluators  # noqa: F401  progress, geometric, consistency, safety, reach
     import pipeline.sim.replay  # noqa: F401  sim_replay
 
 
@@ -211,7 +215,7 @@ class Filter:
             truth = self.truth(trajectory)
             record["truth"] = truth.to_dict()
         fileio.atomic_write_text(self.ctx.path(DECISIONS, episode.episode_id + ".json"), json.dumps(record))
-        if not decision.accepted:
+        if not decision.accepted and not self.params.keep_rejected:
             raise Filtered(f"rejected: {decision.reason}")
         evaluation = {k: v for k, v in record.items() if k not in ("episode_id", "parent", "proposal")}
         return dataclasses.replace(episode, meta={**episode.meta, "evaluation": evaluation})

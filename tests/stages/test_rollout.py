@@ -85,3 +85,35 @@ def test_episodes_without_actions_or_frames_pass_through(model_and_parent, tmp_p
     short = dataclasses.replace(parent, rgb={"top": parent.rgb["top"][:3]}, state=parent.state[:3],
                                 action=parent.action[:3], extras={})
     assert len(stage(short)) == 1
+
+
+def test_filter_judges_rollouts_and_keep_rejected_lets_them_through(model_and_parent, tmp_path):
+    """The filter stage on real rollouts: safety + reach decide, replay records the truth; with keep_rejected every
+    trajectory goes on, marked accepted or not, and the decisions are the same."""
+    from pipeline.stage import Filtered
+    from pipeline.stages.filter_trajectories import Filter, FilterParams
+
+    checkpoint, parent = model_and_parent
+    children = _stage(checkpoint, tmp_path, rollouts_per_episode=6, horizon=5)(parent)[1:]
+
+    def judge(keep: bool, name: str) -> list:
+        ctx = StageContext(run_dir=str(tmp_path), stage_dir=str(tmp_path / name), stage="filter", seed=0,
+                           resume=False, index=6)
+        stage = Filter(FilterParams(checkpoint=checkpoint, evaluators={"safety": {}, "reach": {}},
+                                    keep_rejected=keep), ctx)
+        out = []
+        for child in children:
+            try:
+                out.append(stage(child).meta["evaluation"])
+            except Filtered as exc:
+                out.append(str(exc))
+        return out
+
+    strict, kept = judge(False, "strict"), judge(True, "kept")
+    assert all(isinstance(k, dict) for k in kept) and all("truth" in k for k in kept)
+    assert [isinstance(s, dict) for s in strict] == [k["accepted"] for k in kept]
+    for s, k in zip(strict, kept):
+        if isinstance(s, str):  # rejected: the reason names the failing judge
+            assert s.startswith("rejected: ") and k["reason"] in s
+    assert set(kept[0]["evaluators"]) == {"safety", "reach"}
+    assert 0 < sum(k["accepted"] for k in kept) < len(kept)  # both kinds, so the comparison means something
