@@ -46,7 +46,7 @@ MODEL_JUDGES = {"progress": "readout", "geometric": "readout", "consistency": "w
 
 class FilterParams(StageParams):
     evaluators: dict[str, dict[str, Any]] = Field(
-        {"safety": {}, "geometric": {}, "progress": {}},
+        {"safety": {}, "reach": {}, "geometric": {"check": ["object", "table"]}},
         description="evaluator name -> its options (threshold, tolerances); see evaluators/")
     mode: Literal["all", "any", "weighted"] = "all"
     weights: dict[str, float] | None = Field(None, description="weighted mode: weight per evaluator (default 1)")
