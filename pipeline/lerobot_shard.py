@@ -71,6 +71,7 @@ class WriterSettings:
     depth_min_m: float
     depth_max_m: float
     encoder_threads: int | None
+    license: str = "unknown"  # a Hub licence id (pipeline.dataset_card.HUB_LICENSES): provenance and README.md card
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def write_shard(inputs: Sequence[ShardInput], root: Path, settings: WriterSettin
         shutil.rmtree(root, ignore_errors=True)
         return done  # every episode was quarantined: no shard
     _write_json(root / PROVENANCE_FILE, _provenance(name, settings, schema, entries, inputs, done))
+    _write_card(root, settings)
     logger.info("%s: wrote %d episodes (%d quarantined)", name, len(entries), len(done) - len(entries))
     return done
 
@@ -338,6 +340,7 @@ def _provenance(name: str, settings: WriterSettings, schema: ShardSchema, entrie
         "writer": "wmsynth write_lerobot",
         "shard": name,
         "repo_id": settings.repo_id,
+        "license": settings.license,
         "lerobot_version": getattr(lerobot, "__version__", "unknown"),
         "schema": schema.to_json(),
         "input_paths": "relative to the run directory (absolute or URLs when outside it)",
@@ -349,6 +352,18 @@ def _provenance(name: str, settings: WriterSettings, schema: ShardSchema, entrie
         "quarantined": [{"episode_id": f["episode_id"], "input_path": paths[f["episode_id"]], "reason": f["reason"]}
                         for f in fates if f["status"] == QUARANTINED],
     }
+
+
+def _write_card(root: Path, settings: WriterSettings) -> None:
+    """lerobot's own dataset card (``README.md``: licence, tags, info.json) for the shard. The licence is not put in
+    meta/info.json: lerobot 0.6.1's ``DatasetInfo.from_dict`` warns about unknown keys on every load and its writer
+    drops them when it rewrites the file."""
+    from lerobot.datasets.io_utils import load_info
+    from lerobot.datasets.utils import create_lerobot_dataset_card
+
+    card = create_lerobot_dataset_card(tags=["wmsynth"], dataset_info=load_info(root), license=settings.license,
+                                       repo_id=settings.repo_id)
+    (root / "README.md").write_text(str(card))
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

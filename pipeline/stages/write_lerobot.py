@@ -42,11 +42,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
 from episodes import io as fileio
 from pipeline import shards
+from pipeline.dataset_card import license_problem
 from pipeline.lerobot_schema import DEFAULT_ROBOT_TYPE, ShardSchema
 from pipeline.lerobot_shard import (
     MAX_CRF, X26X_PRESETS, ShardInput, WriterSettings, fate, read_provenance, write_and_publish,
@@ -67,6 +68,8 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*
 
 class WriteLerobotParams(StageParams):
     repo_id: str = Field("wmsynth/tabletop", min_length=1, description="repo_id recorded in every shard")
+    license: str = Field("unknown", description="Hub licence id of the data (apache-2.0, cc-by-4.0, ...): in every "
+                                                "shard's provenance and README.md card, and in `wmsynth publish` cards")
     episodes_per_shard: int = Field(8, ge=1)
     robot_type: str | None = Field(None, description="default: meta['robot_type'] of the episodes, else "
                                                       f"{DEFAULT_ROBOT_TYPE!r}")
@@ -83,6 +86,13 @@ class WriteLerobotParams(StageParams):
     merge: bool = Field(False, description="also merge the run's shards into one LeRobot dataset per schema under "
                                            "<run>/merged (pipeline.merge), to train on")
     resources: Resources = Resources(num_cpus=1)
+
+    @field_validator("license")
+    @classmethod
+    def _hub_license(cls, value: str) -> str:
+        if problem := license_problem(value):
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> WriteLerobotParams:
