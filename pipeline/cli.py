@@ -5,6 +5,7 @@
     wmsynth stages
     wmsynth verify RUN_DIR
     wmsynth merge RUN [RUN ...] [--out DIR]
+    wmsynth publish RUN --to hf://datasets/ORG/NAME | s3://... | DIR [--dry-run]
     wmsynth eval-policy CHECKPOINT [--task push] [--episodes 50] [--seed 1000]
 
 Exit codes: 0 success, 1 the run failed, 2 the configuration is invalid (every error printed with its YAML path).
@@ -35,6 +36,8 @@ def _version() -> str:
 TOOLS = {
     "merge": ("pipeline.merge", "merge runs' LeRobot shards into one dataset per schema (lerobot's aggregation), with "
                                 "every episode's provenance and source; prints the lerobot-train command"),
+    "publish": ("pipeline.publish", "publish a finished run's merged LeRobot dataset(s) and QA set, with dataset "
+                                    "cards, to hf://datasets/ORG/NAME, an fsspec URL or a directory"),
     "eval-policy": ("pipeline.policy_eval", "run a lerobot policy checkpoint in the embedded simulator: success rate "
                                             "with a 95% confidence interval per task family, and GIFs"),
 }

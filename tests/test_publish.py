@@ -9,7 +9,6 @@ huggingface_hub on the LFS upload protocol, which the stand-in speaks (the Xet s
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import shutil
@@ -37,9 +36,10 @@ TOKEN = "hf_fakeTokenForTheLocalStandIn0123456789"
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    publish.add_arguments(parser)
-    return publish.command(parser.parse_args(list(argv)))
+    """``wmsynth publish ARGV`` through the real command line."""
+    from pipeline.cli import main
+
+    return main(["publish", *argv])
 
 
 def _episode(episode_id: str, seed: int, kind: str):
