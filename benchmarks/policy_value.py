@@ -30,18 +30,19 @@ datasets and checkpoints cached under ``--cache-dir`` by a hash of their spec, s
 Choices (why):
 - Task families reach + push: the two a small ACT can learn from a few dozen demos at 64 px (reach: 13-21 frames, push:
   30-50; pick_place and stack need grasping, which a from-scratch policy on ~30 demos does not learn in this budget).
-- One camera, ``front`` (the shipped chain's): the objects and the arm are both large in it at 64 px; a second camera
-  almost doubles ACT's cost per step (its ResNet runs per camera) and would not fit 15 trainings in 3 CPU-hours.
-  The world model sees the same camera as the policy; depth off (ACT's ResNet takes RGB only, and real and synthetic
-  episodes must share one schema, i.e. one merged dataset).
+- Cameras: ``front`` + ``top`` recorded and seen by the world model (two views label the actions better than one: the
+  synthesis benchmark's pseudo-label R2 comes from these two), ``front`` alone for the policy (``POLICY_CAMERAS``;
+  the policy's input features name it): a second camera almost doubles ACT's cost per step (its ResNet runs per
+  camera) and would not fit 15 trainings in 3 CPU-hours. Depth off (ACT's ResNet takes RGB only, and real and
+  synthetic episodes must share one schema, i.e. one merged dataset).
 - Policy: ACT (lerobot's), shrunk for CPU (``POLICY``; ENVIRONMENT.md: ~0.2 CPU-s per step at batch 8), backbone from
   scratch (nothing can be downloaded), learning rate 1e-4 instead of ACT's 1e-5 (that default assumes a pretrained
   backbone and 100k steps; ours trains a few thousand from scratch). Every arm gets the same config and step budget.
 - The world model trains on every episode with actions (``labelled_fraction: 1``) at batch 16 (as the synthesis
-  benchmark's, half the CPU per step of the default 32); otherwise the shipped stages.yaml's options. Rollouts start
+  benchmark's, half the CPU per step of the default 32). Rollouts start
   from real and pseudo-labelled episodes (the rollout stage's default), so ``real+synthetic`` also sees the
-  action-less episodes' scenes, through the world model. The filter is the shipped stages.yaml's (safety, geometric,
-  progress; all must pass); ``--quick`` uses safety alone so that some rollouts are accepted and trained on.
+  action-less episodes' scenes, through the world model. The filter and ``rollout_context`` are read from the shipped
+  stages.yaml (``shipped_params``); ``--quick`` filters with safety alone so that some rollouts are trained on.
 - ``real+synthetic_unfiltered`` draws as many synthetic episodes as the filter accepted, uniformly (seeded) from all
   rollouts, so it differs from ``real+synthetic`` only in which rollouts, not how many.
 - Arms that select the same episodes (e.g. no rollout accepted) share one cached checkpoint and evaluation.
@@ -72,6 +73,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _policy_value_jobs import Job, eta_text, evaluate, run_jobs  # noqa: E402
 from synthesis import phase  # noqa: E402
 
+from pipeline.merge import policy_input_features_arg  # noqa: E402
+
 logger = logging.getLogger("benchmarks.policy_value")
 
 VENV_BIN = Path(sys.executable).parent
@@ -79,9 +82,18 @@ ARMS = ("real", "real_pseudo", "real_synthetic", "real_synthetic_unfiltered", "o
 TARGETS = {"gain_pseudo_points": 15.0, "gap_closed_pseudo": 0.5, "gain_synthetic_points": 5.0,
            "filtered_minus_unfiltered_points": 5.0, "cpu_hours": 3.0}
 FAMILIES = ["reach", "push"]
-CAMERAS = ["front"]
+CAMERAS = ["front", "top"]  # recorded, and what the world model sees (two views label actions better than one)
+POLICY_CAMERAS = ["front"]  # what the policy sees: one ResNet pass per step keeps the trainings inside the budget
 ACTION_NAMES = ["dx", "dy", "dz", "dyaw", "gripper"]
-FILTER = {"evaluators": {"safety": {}, "geometric": {}, "progress": {}}, "mode": "all"}  # the shipped stages.yaml's
+SHIPPED = Path(__file__).resolve().parents[1] / "stages.yaml"
+
+
+def shipped_params(stage: str) -> dict:
+    """A stage's params in the shipped stages.yaml (the benchmark measures what users run)."""
+    return next(s.get("params") or {} for s in yaml.safe_load(SHIPPED.read_text())["stages"] if s["name"] == stage)
+
+
+FILTER = {k: v for k, v in shipped_params("filter").items() if k in ("evaluators", "mode", "weights", "threshold")}
 QUICK_FILTER = {"evaluators": {"safety": {}}, "mode": "all"}  # --quick: lenient, so synthetic episodes get trained on
 POLICY = {"type": "act", "dim_model": 128, "dim_feedforward": 512, "n_encoder_layers": 2, "n_decoder_layers": 1,
           "n_vae_encoder_layers": 2, "n_heads": 4, "latent_dim": 16, "chunk_size": 10, "n_action_steps": 10,
@@ -133,6 +145,8 @@ def main_config(args) -> dict:
         {"name": "generate_tabletop",
          "params": generate_params(args, hide_fraction(args.data_seed, args.real, args.actionless))},
         {"name": "train_world_model", "params": {
+            **{k: v for k, v in shipped_params("train_world_model").items() if k in ("rollout_context",
+                                                                                    "rollout_fraction")},
             "cameras": CAMERAS, "depth": False, "image_size": args.image_size, "labelled_fraction": 1.0,
             "holdout_fraction": 0.15, "steps": steps, "batch_size": 16, "checkpoint_every": max(1, steps // 4),
             "num_workers": 1,
@@ -250,7 +264,10 @@ def train_spec(args, arm_episodes: list[int], dataset: dict, seed: int) -> dict:
 
 def train_command(spec: dict, dataset: dict, out_dir: Path, log_freq: int) -> list[str]:
     policy = [f"--policy.{k}={v}" for k, v in spec["policy"].items()]
-    return [str(VENV_BIN / "lerobot-train"), *dataset["lerobot_train_args"], *policy, "--policy.device=cpu",
+    schema = dataset["schema"]
+    inputs = policy_input_features_arg({**schema, "cameras": [c for c in schema["cameras"] if c[0] in POLICY_CAMERAS]})
+    data_args = [a if not a.startswith("--policy.input_features=") else inputs for a in dataset["lerobot_train_args"]]
+    return [str(VENV_BIN / "lerobot-train"), *data_args, *policy, "--policy.device=cpu",
             "--policy.push_to_hub=false", "--policy.pretrained_backbone_weights=null",
             f"--dataset.episodes={json.dumps(spec['episodes'])}", f"--steps={spec['steps']}",
             f"--batch_size={spec['batch_size']}", f"--seed={spec['seed']}", "--num_workers=0",
@@ -365,7 +382,7 @@ def summarize(args, data: dict, arms: dict, cells: dict, evals: dict) -> dict:
              "eval": round(eval_cpu, 1)}
     out["cpu_seconds_per_phase"] = cpu_s
     out["cpu_hours_total"] = round(sum(cpu_s.values()) / 3600, 3)
-    out["policy"] = {**args.policy, "steps": args.steps, "batch_size": args.batch_size, "cameras": CAMERAS,
+    out["policy"] = {**args.policy, "steps": args.steps, "batch_size": args.batch_size, "cameras": POLICY_CAMERAS,
                      "image_size": args.image_size, "pretrained_backbone_weights": None}
     out["setup"] = {"families": FAMILIES, "seeds": args.seed_list, "eval_episodes": args.eval_episodes,
                     "eval_scene_seeds": [EVAL_SEED, EVAL_SEED + args.eval_episodes - 1], "wm_steps": args.wm_steps,
