@@ -5,6 +5,7 @@
         rows = execute(stage, rows)                                 -> episodes saved, bad ones quarantined
         rows.jsonl, then _SUCCESS (hashes, artifacts, counts)       -> what later stages and --resume read
     manifest.json: every input episode's fate, per-stage timings and reports, versions, the command line
+    report.html: the run's report (``pipeline.report``; a failure to build it is a warning, not a failed run)
 
 Rows are materialised between stages (a few hundred bytes each; frames stay in episode files), so each stage is timed
 on its own, can be re-run alone with ``only=`` and is skipped on ``resume=True`` once complete. The run directory may
@@ -189,6 +190,7 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
         if removed is not None:
             manifest["intermediates_removed_bytes"] = removed
         fileio.atomic_write_text(store.path(MANIFEST), _json(manifest))
+        write_run_report(store.run_dir)
     finally:
         if started_ray:
             import ray
@@ -196,6 +198,20 @@ def run(config: RunConfig, only: str | None = None, resume: bool = False) -> dic
             ray.shutdown()
         log.close()
     return manifest
+
+
+def write_run_report(run_dir: str) -> str | None:
+    """``<run_dir>/report.html`` (``pipeline.report``); a failure is logged as a warning, never fails the run."""
+    try:
+        from pipeline.report import write_report
+
+        path = write_report(run_dir)
+    except Exception as exc:  # the run's results stand without their report
+        logger.warning("the run report could not be written (%s: %s); the run's results are complete; retry with "
+                       "`wmsynth report %s`", type(exc).__name__, exc, run_dir)
+        return None
+    logger.info("report: %s", path)
+    return path
 
 
 def _plan(config: RunConfig, store: RunStore, resume: bool) -> list[tuple[str, str, str, str, dict | None]]:

@@ -12,6 +12,8 @@ missing=()
 ldconfig -p | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
 ldconfig -p | grep -q 'libavcodec.so' || missing+=(ffmpeg)
 command -v g++ >/dev/null || missing+=(g++)   # pybullet builds from source on Python 3.12
+# Headless chromium only for the slow report test (`WMSYNTH_SLOW_TESTS=1 make setup`; tests/test_report.py).
+if [ "${WMSYNTH_SLOW_TESTS:-0}" = 1 ]; then command -v chromium >/dev/null || missing+=(chromium); fi
 if ((${#missing[@]})); then
   echo "bootstrap: installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -15,7 +15,8 @@
                              shuffled actions, mean PSNR over the rollout), per camera as well
     speed                    rollout frames per CPU-second on one thread (a frame = one full multi-camera state)
 
-``render_panel`` / ``render_gif`` draw real vs predicted rollouts side by side.
+``render_panel`` / ``render_gif`` draw real vs predicted rollouts side by side; ``rollouts.npz`` keeps the drawn windows
+(one per held-out episode first) with their episode ids and start frames, for ``pipeline.report`` to redraw.
 """
 
 from __future__ import annotations
@@ -182,9 +183,18 @@ def rollout_metrics(wm: WorldModel, data: PairData, horizon: int = 8, max_window
                   - per_step["copy"]["psnr_masked_per_camera"][last][cam]) for cam in cams},
     }
     result["summary"] = summary
-    show = slice(0, min(4, len(windows)))
-    drawings = {"real": frames[show], **{k: pred[k][show] for k in ("action", "latent", "shuffled")}}
+    show = drawing_windows(windows)
+    drawings = {"real": frames[show], **{k: pred[k][show] for k in ("action", "latent", "shuffled")},
+                "episode_ids": np.array([data.episode_ids[e] for e, _ in windows[show]]),
+                "start_frames": windows[show, 1]}
     return _round(result), drawings
+
+
+def drawing_windows(windows: np.ndarray, count: int = 4) -> np.ndarray:
+    """Indices of up to ``count`` windows to draw, one per held-out episode first (then more of the same ones)."""
+    first = [int(np.flatnonzero(windows[:, 0] == e)[0]) for e in np.unique(windows[:, 0])]
+    rest = [i for i in range(len(windows)) if i not in first]
+    return np.array(sorted((first + rest)[:count]), dtype=np.int64)
 
 
 def rollout_speed(wm: WorldModel, data: PairData, batch_size: int = 64, steps: int = 4, threads: int = 1) -> float:
@@ -209,7 +219,7 @@ def rollout_speed(wm: WorldModel, data: PairData, batch_size: int = 64, steps: i
 
 def evaluate(wm: WorldModel, data: PairData, horizon: int = 8, max_windows: int = 256, seed: int = 0,
              out_dir: str | Path | None = None, speed: bool = True) -> dict[str, Any]:
-    """Every metric in one dict; with ``out_dir``, also ``rollouts.png`` and ``rollouts.gif`` there."""
+    """Every metric in one dict; with ``out_dir``, also ``rollouts.png``, ``rollouts.gif`` and ``rollouts.npz`` there."""
     wm.model.eval()
     result: dict[str, Any] = {"backend": wm.config.backend, "bottleneck": wm.config.latent.bottleneck,
                               "alignment": wm.config.alignment, "cameras": list(wm.config.cameras),
@@ -224,7 +234,10 @@ def evaluate(wm: WorldModel, data: PairData, horizon: int = 8, max_windows: int 
         out_dir.mkdir(parents=True, exist_ok=True)
         render_panel(drawings, wm.config.cameras, out_dir / "rollouts.png")
         render_gif(drawings, wm.config.cameras, out_dir / "rollouts.gif")
-        result["files"] = {"panel": str(out_dir / "rollouts.png"), "gif": str(out_dir / "rollouts.gif")}
+        # The drawn windows' frames, for the run report to redraw with labels (a few hundred kB at 64 px).
+        np.savez_compressed(out_dir / "rollouts.npz", cameras=np.array(list(wm.config.cameras)), **drawings)
+        result["files"] = {"panel": str(out_dir / "rollouts.png"), "gif": str(out_dir / "rollouts.gif"),
+                           "frames": str(out_dir / "rollouts.npz")}
     return result
 
 
