@@ -6,6 +6,8 @@
     wmsynth verify RUN_DIR
     wmsynth merge RUN [RUN ...] [--out DIR]
     wmsynth publish RUN --to hf://datasets/ORG/NAME | s3://... | DIR [--dry-run]
+    wmsynth report RUN
+    wmsynth view RUN --episode ID [--out PATH.mp4|PATH.gif]
     wmsynth eval-policy CHECKPOINT [--task push] [--episodes 50] [--seed 1000]
 
 Exit codes: 0 success, 1 the run failed, 2 the configuration is invalid (every error printed with its YAML path).
@@ -34,6 +36,10 @@ def _version() -> str:
 
 # Subcommands that live with their code: name -> (module with add_arguments(parser) and command(args) -> int, help)
 TOOLS = {
+    "report": ("pipeline.report", "write a run's report.html: stage counts, timings and fates, training and "
+                                  "evaluation plots, labelled rollouts, QA samples, filter and provenance"),
+    "view": ("pipeline.view", "write one episode of a run (real, pseudo-labelled or synthetic) as an mp4/GIF: RGB, "
+                              "colour-mapped depth, action bars, provenance"),
     "merge": ("pipeline.merge", "merge runs' LeRobot shards into one dataset per schema (lerobot's aggregation), with "
                                 "every episode's provenance and source; prints the lerobot-train command"),
     "publish": ("pipeline.publish", "publish a finished run's merged LeRobot dataset(s) and QA set, with dataset "

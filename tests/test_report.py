@@ -110,10 +110,9 @@ def _section(page: str, anchor: str) -> str:
     return page[start:end if end > 0 else len(page)]
 
 
-def test_report_has_the_runs_sections_with_embedded_images(run_dir, monkeypatch):
+def test_report_has_the_runs_sections_with_embedded_images(run_dir):
     from pipeline import cli
 
-    monkeypatch.setitem(cli.TOOLS, "report", ("pipeline.report", "write report.html"))  # as wired in the CLI
     assert cli.main(["report", str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text()
 

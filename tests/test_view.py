@@ -39,10 +39,9 @@ def _decode(path: Path) -> list[np.ndarray]:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
-def test_view_real_episode_from_its_shard_as_mp4(run_dir, tmp_path, monkeypatch):
+def test_view_real_episode_from_its_shard_as_mp4(run_dir, tmp_path):
     from pipeline import cli
 
-    monkeypatch.setitem(cli.TOOLS, "view", ("pipeline.view", "write an episode as a video"))  # as wired in the CLI
     out = tmp_path / "real.mp4"
     assert cli.main(["view", str(run_dir), "--episode", "ep-real-0", "--out", str(out)]) == 0
     frames = _decode(out)
