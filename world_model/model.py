@@ -60,10 +60,14 @@ class LatentWorldModel(nn.Module):
         cfg = self.config
         s_t, s_next = batch["s_t"], batch["s_next"]
         out = self.latent(s_t, s_next)  # z: (B, D), from the real pair
+        z_w = out.z  # the latent W reads
         if cfg.rollout_context and "s_hist" in batch:
-            s_t = self.own_prediction(batch)  # W's input; E above saw the real s_t
+            s_t, rolled = self.own_prediction(batch)  # W's input; E above saw the real s_t
+            # E learns nothing from the rolled rows: fixing W's drift is W's job, and a z that helped would carry the
+            # real s_t (not the action) into the latent, which is what label_actions and the probes read
+            z_w = torch.cat([out.z[:rolled].detach(), out.z[rolled:]])
         weight = motion_weights(s_t, s_next, cfg.motion_weight, cfg.motion_threshold)  # (B, 1, H, W)
-        recon = self.predictor.loss(s_t, out.z, s_next, weight).mean()
+        recon = self.predictor.loss(s_t, z_w, s_next, weight).mean()
         loss = cfg.recon_weight * recon + out.aux_loss
         parts = {"recon": recon.detach(), "bottleneck": out.aux_loss.detach()}
         labelled = batch["labelled"].bool()
@@ -89,8 +93,9 @@ class LatentWorldModel(nn.Module):
         return loss, {k: float(v) for k, v in parts.items()}
 
     @torch.no_grad()
-    def own_prediction(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """s_t (B, C, H, W) with its first ``rollout_fraction`` of rows replaced by W's open-loop prediction of s_t:
+    def own_prediction(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """s_t (B, C, H, W) with its first ``rollout_fraction`` of rows (their count is returned too) replaced by W's
+        open-loop prediction of s_t:
         rolled from the real frame ``rollout_context`` steps back with the latents E infers from the real pairs
         (rows near an episode's start roll fewer steps; a row at t = 0 stays real). No gradient flows through the
         roll: the loss then asks W to predict s_t+1 from the drifted frame it will meet in a rollout."""
@@ -103,4 +108,4 @@ class LatentWorldModel(nn.Module):
             z = self.latent(frames[:, j], frames[:, j + 1]).z_clean  # (rows, D)
             step = self.predictor.predict(x, z)
             x = torch.where(valid[:, j, None, None, None], step, frames[:, j + 1])
-        return torch.cat([x, s_t[rows:]], dim=0)
+        return torch.cat([x, s_t[rows:]], dim=0), rows
