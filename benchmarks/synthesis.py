@@ -16,7 +16,7 @@ other seeds, never trained on. Phases, each saved under ``--out`` and skipped by
     synthesis     the ``rollout`` stage's code on every held-out scripted episode (``--rollouts`` each), the
                   ``filter`` stage's code judging them (safety, reach, geometric on the objects, progress,
                   consistency; sim_replay off), then replay in the simulator for the truth (``trajectories.jsonl``):
-                  evaluator_auroc, filter_default (the shipped thresholds, all of safety / reach / geometric),
+                  evaluator_auroc, filter_default (the shipped stages.yaml's filter, its thresholds),
                   filter_precision / filter_recall of the calibrated filter (thresholds chosen on half of the parents,
                   measured on the other half), filter_frames_only (the same with only the judges that read predicted
                   frames: what the world model alone can tell),
@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,9 +50,12 @@ SPEC = DataSpec(image_size=64, cameras=("front", "top"), explore_train=100, scri
                 scripted_test=40, explore_frames=48, scripted_max_steps=60, seed=9)
 QUICK_SPEC = DataSpec(image_size=32, cameras=("front",), explore_train=4, scripted_train=4, explore_test=2,
                       scripted_test=3, explore_frames=12, scripted_max_steps=20, seed=9)
-# reach judges the arm from the commanded actions; geometric then judges only what needs the predicted frames (objects)
-EVALUATORS = {"safety": {}, "reach": {}, "geometric": {"check": ["object", "table"]}, "progress": {}, "consistency": {}}
-DECIDING = ("safety", "reach", "geometric")  # the combined filter ("all"); progress and consistency reported only
+# The shipped stages.yaml's filter decides (filter_default); every other judge is scored and reported too.
+SHIPPED_FILTER = next(s["params"] for s in yaml.safe_load((Path(__file__).resolve().parents[1] / "stages.yaml")
+                                                         .read_text())["stages"] if s["name"] == "filter")
+DECIDING = tuple(SHIPPED_FILTER["evaluators"])
+EVALUATORS = {**{name: {} for name in ("safety", "reach", "geometric", "progress", "consistency")},
+              **SHIPPED_FILTER["evaluators"]}
 FRAME_JUDGES = ("geometric", "progress", "consistency")  # judges that read the world model's frames
 
 
