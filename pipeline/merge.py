@@ -164,7 +164,7 @@ def _merge_group(root: Path, repo_id: str, schema: ShardSchema,
     for shard, _, provenance in members:
         for entry in sorted(provenance["episodes"], key=lambda e: e["episode_index"]):
             entries.append({**entry, "episode_index": len(entries),
-                            "from": {"run_dir": shard.run_dir, "shard": fileio.name(shard.path),
+                            "from": {"run": fileio.name(shard.run_dir), "shard": fileio.name(shard.path),
                                      "episode_index": entry["episode_index"]}})
     _add_source_columns(root, entries)
     try:
@@ -175,7 +175,7 @@ def _merge_group(root: Path, repo_id: str, schema: ShardSchema,
     (root / PROVENANCE_FILE).write_text(json.dumps({
         "format_version": PROVENANCE_VERSION, "writer": "wmsynth merge", "repo_id": repo_id,
         "schema": schema.to_json(), "source_column": SOURCE_COLUMN, "episodes_by_source": by_source,
-        "shards": [{"run_dir": s.run_dir, "shard": fileio.name(s.path), "episodes": len(p["episodes"]),
+        "shards": [{"run": fileio.name(s.run_dir), "shard": fileio.name(s.path), "episodes": len(p["episodes"]),
                     "quarantined": p.get("quarantined", [])} for s, _, p in members],
         "episodes": entries}, indent=1, default=str))
     return {"name": root.name, "repo_id": repo_id, "episodes": len(entries),

@@ -97,7 +97,7 @@ def test_shards_of_several_runs_and_schemas(runs, tmp_path):
     dataset = read_shard(small["root"])
     assert dataset.meta.total_episodes == 5
     entries = _provenance(small["root"])["episodes"]
-    assert [(e["episode_id"], Path(e["from"]["run_dir"]).name) for e in entries][-1] == ("b-real-0", "b")
+    assert [(e["episode_id"], e["from"]["run"]) for e in entries][-1] == ("b-real-0", "b")
     assert [ep[SOURCE_COLUMN] for ep in dataset.meta.episodes] == [e["provenance"] for e in entries]
     assert int(dataset[len(dataset) - 1]["episode_index"]) == 4  # the last frame decodes in the concatenated video
     assert read_shard(large["root"]).meta.total_episodes == 1
