@@ -152,9 +152,10 @@ class WorldModelConfig:
         self.cameras = tuple(self.cameras)
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"cameras: expected one or more distinct camera names, got {list(self.cameras)}")
-        unknown = [cam for cam in self.cameras if cam not in CAMERA_NAMES]
-        if unknown:
-            raise ValueError(f"cameras: unknown {unknown} (known: {', '.join(CAMERA_NAMES)})")
+        bad = [cam for cam in self.cameras if not isinstance(cam, str) or not cam.strip()]
+        if bad:
+            raise ValueError(f"cameras: expected camera names (the data's own, e.g. {', '.join(CAMERA_NAMES)} in the "
+                             f"embedded simulator or cam_high in a LeRobot dataset), got {bad}")
         if self.backend not in ("deterministic", "diffusion"):
             raise ValueError(f"backend: expected deterministic or diffusion, got {self.backend!r}")
         size = self.image_size

@@ -53,7 +53,8 @@ SUMMARY, LOSSES = "train.json", "losses.jsonl"
 # The model's and the trainer's fields, their types, defaults and limits from the library configs.
 MODEL = ConfigFields(WorldModelConfig, {
     # what a state is
-    "cameras": f"cameras stacked into one state, of {', '.join(CAMERA_NAMES)} (every episode must have them)",
+    "cameras": "cameras stacked into one state: names the episodes have (the simulator's "
+               f"{', '.join(CAMERA_NAMES)}, or a dataset's own, e.g. cam_high); checked against the sources",
     "image_size": "frames are resized to this square side",
     "depth": "add each camera's depth map as a channel",
     "backend": "",

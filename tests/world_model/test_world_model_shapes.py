@@ -100,6 +100,7 @@ def test_wrapper_rollout_needs_exactly_one_conditioning():
 @pytest.mark.parametrize("make, field", [
     (lambda: WorldModelConfig(cameras=()), "cameras"),
     (lambda: WorldModelConfig(cameras=("top", "top")), "cameras"),
+    (lambda: WorldModelConfig(cameras=("cam_high", "")), "cameras"),
     (lambda: WorldModelConfig(backend="gan"), "backend"),
     (lambda: WorldModelConfig(motion_weight=-1.0), "motion_weight"),
     (lambda: WorldModelConfig(align_weight=-0.5), "align_weight"),
@@ -123,3 +124,11 @@ def test_world_model_config_round_trips():
     config = tiny_config("diffusion", "fsq", alignment=False)
     again = WorldModelConfig.from_dict(config.to_dict())
     assert again.to_dict() == config.to_dict()
+
+
+def test_any_camera_name_the_data_has_is_accepted():
+    """Camera names are the data's (a LeRobot dataset's cam_high), not only the simulator's; the run's data check
+    compares them with what the sources produce."""
+    config = WorldModelConfig(cameras=("cam_high", "cam_left_wrist"), image_size=32)
+    assert config.cameras == ("cam_high", "cam_left_wrist") and config.in_channels == 6
+    assert WorldModelConfig.from_dict(config.to_dict()).cameras == config.cameras
