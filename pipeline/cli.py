@@ -171,6 +171,8 @@ def summary(manifest: dict) -> str:
         *(f"  stage {t['stage']:<20} {t['seconds']:8.1f} s  {json.dumps(t['counts'])}"
           + ("  (resumed)" if t["resumed"] else "") for t in manifest["stages"]),
     ]
+    for t in manifest["stages"]:  # what a stage reports as worth a look (e.g. synthesize_qa made no QA pair)
+        lines.extend(f"  warning: stage {t['stage']}: {w}" for w in (t.get("report") or {}).get("warnings", []))
     dropped = [e for e in manifest["episodes"] if e["fate"] in ("quarantined", "filtered")]
     for entry in dropped[:MAX_LISTED]:
         lines.append(f"  {entry['fate']}: {entry['episode_id']} at {entry['stage']}: {entry.get('reason', '')}")

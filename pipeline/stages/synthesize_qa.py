@@ -302,12 +302,30 @@ def build_dir(target: str) -> tuple[Path, Path]:
     return scratch, scratch / "dataset"
 
 
-def log_errors(errors: dict[str, str]) -> None:
-    """One line per distinct reason (episode ids replaced), with how many episodes and a few of them."""
+def errors_by_reason(errors: dict[str, str]) -> dict[str, list[str]]:
+    """Episode ids per distinct reason (the episode's own id replaced by ``<episode>``)."""
     by_reason: dict[str, list[str]] = {}
     for eid, reason in sorted(errors.items()):
         by_reason.setdefault(reason.replace(eid, "<episode>"), []).append(eid)
-    for reason, eids in by_reason.items():
+    return by_reason
+
+
+def stage_report(summary: dict[str, Any]) -> dict[str, Any]:
+    """report.json (copied into the manifest): the counts, episodes without QA per reason, and a warning the run
+    summary prints when the stage made no QA pair at all."""
+    reasons = {reason: len(eids) for reason, eids in errors_by_reason(summary["episode_errors"]).items()}
+    report = {"num_qa": summary["num_qa"], "num_samples": summary["num_samples"], "shards": len(summary["shards"]),
+              "questions_skipped": summary["skipped"], "episodes_without_qa": reasons}
+    if summary["num_qa"] == 0:
+        why = "; ".join(f"{n} episode(s): {reason}" for reason, n in reasons.items())
+        report["warnings"] = [f"no QA pairs{': ' + why if why else ''}"
+                              + (f" (questions skipped: {summary['skipped']})" if summary["skipped"] else "")]
+    return report
+
+
+def log_errors(errors: dict[str, str]) -> None:
+    """One line per distinct reason (episode ids replaced), with how many episodes and a few of them."""
+    for reason, eids in errors_by_reason(errors).items():
         logger.warning("%s: %d episode(s) gave no QA (%s%s): %s", STAGE, len(eids), ", ".join(eids[:3]),
                        ", ..." if len(eids) > 3 else "", reason)
 
@@ -322,6 +340,7 @@ def finish(rows: list[dict], params: SynthesizeQAParams, ctx: StageContext) -> N
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     ctx.publish("qa_dataset", target)
+    ctx.write_report(stage_report(summary))
     log_errors(summary["episode_errors"])
     logger.info("%s: %d QA pairs in %d samples, %d shards in %s; %d questions skipped %s; %d episodes without QA",
                 STAGE, summary["num_qa"], summary["num_samples"], len(summary["shards"]), target,

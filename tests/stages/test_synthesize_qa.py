@@ -151,6 +151,10 @@ def test_parts_and_dataset_on_object_storage(episodes, memory_ctx, caplog):
         index = pq.read_table(f).to_pylist()
     assert len(index) == summary["num_qa"] > 10
 
+    report = json.loads(fileio.read_text(fileio.join(ctx.stage_dir, "report.json")))
+    assert report["num_qa"] == summary["num_qa"] and "warnings" not in report
+    assert list(report["episodes_without_qa"].values()) == [1]
+
     # finished episodes' parts are reused: a second finish (a resumed stage) rebuilds the same dataset
     finish(rows, params, ctx)
     assert json.loads(fileio.read_text(fileio.join(qa_dir, SUMMARY_FILE))) == summary
@@ -169,3 +173,19 @@ def test_local_rebuild_swaps_the_dataset_in_whole(episodes, tmp_path):
     assert sorted(p.name for p in (tmp_path / "qa").iterdir()) == [COMPLETE, "index.parquet", "qa-000000.tar",
                                                                     "qa-000001.tar", "summary.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qa", "stages"]  # no temp or old copies left behind
+
+
+def test_no_qa_pairs_is_a_warning_with_the_reasons_in_the_run_summary():
+    from pipeline.cli import summary
+    from pipeline.stages.synthesize_qa import stage_report
+
+    qa = {"num_qa": 0, "num_samples": 0, "shards": [], "skipped": {},
+          "episode_errors": {"clip-000": "clip-000: no camera intrinsics for front; give them as ingest params",
+                             "clip-001": "clip-001: no camera intrinsics for front; give them as ingest params"}}
+    report = stage_report(qa)
+    assert report["warnings"] == ["no QA pairs: 2 episode(s): <episode>: no camera intrinsics for front; give them "
+                                  "as ingest params"]
+    manifest = {"counts": {"total": 2, "written": 2}, "episodes": [], "shards": [], "run_dir": "r",
+                "stages": [{"stage": "synthesize_qa", "seconds": 1.0, "counts": {"ok": 2}, "resumed": False,
+                            "report": report}]}
+    assert "  warning: stage synthesize_qa: no QA pairs: 2 episode(s)" in summary(manifest)
