@@ -38,6 +38,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -303,10 +304,12 @@ def build_dir(target: str) -> tuple[Path, Path]:
 
 
 def errors_by_reason(errors: dict[str, str]) -> dict[str, list[str]]:
-    """Episode ids per distinct reason (the episode's own id replaced by ``<episode>``)."""
+    """Episode ids per distinct reason (the episode's own id, where it stands as a whole word, replaced by
+    ``<episode>``)."""
     by_reason: dict[str, list[str]] = {}
     for eid, reason in sorted(errors.items()):
-        by_reason.setdefault(reason.replace(eid, "<episode>"), []).append(eid)
+        generic = re.sub(rf"(?<![\w.-]){re.escape(eid)}(?![\w.-])", "<episode>", reason)
+        by_reason.setdefault(generic, []).append(eid)
     return by_reason
 
 

@@ -189,3 +189,5 @@ def test_no_qa_pairs_is_a_warning_with_the_reasons_in_the_run_summary():
                 "stages": [{"stage": "synthesize_qa", "seconds": 1.0, "counts": {"ok": 2}, "resumed": False,
                             "report": report}]}
     assert "  warning: stage synthesize_qa: no QA pairs: 2 episode(s)" in summary(manifest)
+    short = stage_report({**qa, "episode_errors": {"a": "a: no camera intrinsics for front"}})
+    assert short["episodes_without_qa"] == {"<episode>: no camera intrinsics for front": 1}  # "camera" keeps its a
