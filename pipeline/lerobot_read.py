@@ -93,6 +93,7 @@ def check_episode_files(meta, ep_idx: int, keys: KeyMap, base: str, where: str) 
     data_file = str(meta.get_data_file_path(ep_idx))
     if not fileio.exists(fileio.join(base, data_file)):
         raise EpisodeError(where, "data", f"data file {fileio.join(base, data_file)} is missing")
+    check_parquet(fileio.join(base, data_file), where)
     files = [data_file]
     for key in keys.visual_keys:
         if key in meta.video_keys:
@@ -101,6 +102,19 @@ def check_episode_files(meta, ep_idx: int, keys: KeyMap, base: str, where: str) 
                 raise EpisodeError(where, key, f"video file {fileio.join(base, video)} is missing")
             files.append(video)
     return list(dict.fromkeys(files))
+
+
+def check_parquet(path: str, where: str) -> None:
+    """The file's parquet footer reads (a corrupt or truncated file is named here, with pyarrow's reason, instead of
+    failing later inside the datasets library with a message that names neither)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with fileio.open_file(path) as f:
+            pq.read_metadata(f)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it is the file's problem, reported with its path
+        raise EpisodeError(where, "data", f"data file {path} is not a readable parquet file "
+                                          f"({type(exc).__name__}: {exc})") from exc
 
 
 def local_metadata(repo_id: str, root: Path):

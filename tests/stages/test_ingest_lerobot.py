@@ -278,6 +278,14 @@ def test_fps_and_shape_mismatch_and_missing_video(datasets, tmp_path):
         one(root, 0)
     assert "observation.depth.front" in str(info.value) and "missing" in str(info.value)
 
+    root = shutil.copytree(src, tmp_path / "rig_corrupt")
+    for data in (root / "data").rglob("*.parquet"):
+        data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])  # truncated: no footer
+    with pytest.raises(EpisodeError) as info:
+        one(root, 0)
+    reason = str(info.value)
+    assert "data/chunk-000/file-000.parquet is not a readable parquet file" in reason and "Parquet" in reason
+
 
 def test_dequantised_depth_is_metres_and_code_zero_is_no_measurement():
     from lerobot.datasets.depth_utils import quantize_depth
