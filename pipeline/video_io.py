@@ -2,7 +2,7 @@
 
     decode(path, ...)          kept frames of a local video file with decord, in chunks, resized if asked
     Sidecars.find(uri)         ``<stem>.actions.npy`` / ``<stem>.actions.csv`` / ``<stem>.json`` next to a video
-    read_json_sidecar(...)     {"task", "fps", "action_names"}, each checked
+    read_json_sidecar(...)     {"task", "fps", "action_names", "robot_type"}, each checked
     read_actions(...)          (T, A) float32 from .npy (never unpickled) or .csv (optional header of names)
 
 Sidecars are read through ``episodes.io`` (local paths or fsspec URLs; they are small). Videos are decoded from a local
@@ -159,8 +159,10 @@ def read_json_sidecar(path: str, uri: str) -> dict[str, Any]:
         raise EpisodeError(uri, "sidecar", f"{name(path)} is not valid JSON: {exc}") from exc
     if not isinstance(info, dict):
         raise EpisodeError(uri, "sidecar", f"{name(path)} must hold a JSON object, got {type(info).__name__}")
-    if "task" in info and not isinstance(info["task"], str):
-        raise EpisodeError(uri, "task", f"{name(path)}: task must be a string, got {info['task']!r}")
+    for key in ("task", "robot_type"):
+        if key in info and not (isinstance(info[key], str) and (key == "task" or info[key].strip())):
+            raise EpisodeError(uri, key, f"{name(path)}: {key} must be a{' non-empty' if key != 'task' else ''} "
+                                         f"string, got {info[key]!r}")
     if "fps" in info:
         fps = info["fps"]
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
@@ -169,7 +171,7 @@ def read_json_sidecar(path: str, uri: str) -> dict[str, Any]:
     names = info.get("action_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise EpisodeError(uri, "action_names", f"{name(path)}: action_names must be a list of strings")
-    unknown = sorted(set(info) - {"task", "fps", "action_names"})
+    unknown = sorted(set(info) - {"task", "fps", "action_names", "robot_type"})
     if unknown:
         logger.info("%s: ignoring unknown keys %s", name(path), unknown)
     return info

@@ -8,12 +8,13 @@
         frame_stride: 2                     # keep every 2nd frame (episode fps = video fps / 2)
         max_frames: 300                     # keep at most this many frames (after the stride)
         task: "pick up the cup"             # default task text; <stem>.json may override it
+        robot_type: so100                   # the robot in the clips (default: unknown, never the simulator's arm)
 
 Sidecars next to ``<stem>.<ext>``, all optional (``pipeline.video_io``):
 
     <stem>.actions.npy   (T, A) numeric, loaded with allow_pickle=False; or
     <stem>.actions.csv   T rows of A numbers, optionally after one header row of action names
-    <stem>.json          {"task": str, "fps": number, "action_names": [str, ...]}
+    <stem>.json          {"task": str, "fps": number, "action_names": [str, ...], "robot_type": str}
 
 T is the number of frames kept by ``frame_stride`` (every stride-th frame of the video), before ``max_frames``; row t
 is the action between kept frames t and t+1. A clip without an actions sidecar becomes an action-less episode
@@ -59,6 +60,8 @@ class IngestVideosParams(StageParams):
     frame_stride: int = Field(1, ge=1, description="keep every n-th frame; the episode fps is divided by n")
     camera: str = Field("front", min_length=1)
     task: str = Field("", description="task text for clips whose <stem>.json gives none")
+    robot_type: str = Field("unknown", min_length=1, description="the robot in the clips (the shards' robot_type, "
+                            "the world model's embodiment); <stem>.json may give its own; unknown stays unknown")
     resources: Resources = Resources(num_cpus=1)
 
     @field_validator("extensions")
@@ -225,6 +228,7 @@ def read_clip(item: dict[str, Any], params: IngestVideosParams) -> Episode:
         "seed": None,
         "state_names": None,
         "action_names": list(action_names) if action_names is not None else None,
+        "robot_type": str(info.get("robot_type", params.robot_type)),
         "video": {"fps": video_fps, "num_frames": num_video_frames, "height": native_hw[0], "width": native_hw[1],
                   "frame_stride": params.frame_stride,
                   "sidecars": [video_io.name(p) for p in (sidecar.actions, sidecar.json) if p]},

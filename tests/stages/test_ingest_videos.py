@@ -222,6 +222,10 @@ def test_glob_resize_stride_and_max_frames(tmp_path):
     per_frame = np.abs(ep.rgb["wrist"].astype(int) - shrunk).mean(axis=(1, 2, 3))
     assert (per_frame < 4.0).all(), per_frame
     assert ep.meta["video"]["frame_stride"] == 2 and ep.meta["video"]["num_frames"] == 10
+    assert ep.meta["robot_type"] == "unknown"  # never the simulator's arm by default
+    (src / "nested" / "strided.json").write_text('{"robot_type": "koch"}')
+    assert ingest_videos(items["video-strided"], params.model_copy(update={"robot_type": "so100"}),
+                         ctx_for(tmp_path)).meta["robot_type"] == "koch"  # the clip's own sidecar wins
 
     with pytest.raises(EpisodeError) as info:
         ingest_videos(items["video-every_frame"], params, ctx_for(tmp_path))
