@@ -60,6 +60,8 @@ class IngestLeRobotParams(StageParams):
     state_key: str | None = DEFAULT_STATE_KEY
     action_key: str | None = DEFAULT_ACTION_KEY
     tolerance_s: float = Field(1e-4, gt=0, description="timestamp tolerance for frame lookup and fps checks")
+    robot_type: str | None = Field(None, min_length=1, description="the robot (the shards' robot_type, the world "
+                                   "model's embodiment); default: the dataset's own, else unknown")
     resources: Resources = Resources(num_cpus=1)
 
     @field_validator("episodes")
@@ -329,9 +331,12 @@ def ingest_lerobot(item: dict, params: IngestLeRobotParams, ctx: StageContext) -
             else:
                 meta, root = lerobot_read.hub_episode(source.repo_id, source.root, source.revision, ep_idx,
                                                       params.tolerance_s)
-            return lerobot_read.read_episode(meta, root, ep_idx, item["episode_id"], keys, location=source.location,
-                                             repo_id=source.repo_id, tolerance_s=params.tolerance_s,
-                                             cache_dir=Path(tmp) / "cache")
+            episode = lerobot_read.read_episode(meta, root, ep_idx, item["episode_id"], keys,
+                                                location=source.location, repo_id=source.repo_id,
+                                                tolerance_s=params.tolerance_s, cache_dir=Path(tmp) / "cache")
+            # never the simulator's arm by default: the param, the dataset's own robot, else unknown
+            episode.meta["robot_type"] = params.robot_type or episode.meta["lerobot"]["robot_type"] or "unknown"
+            return episode
     except EpisodeError:
         raise
     except Exception as exc:  # a library or storage failure on this episode: quarantined, named by the episode

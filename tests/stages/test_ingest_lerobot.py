@@ -145,6 +145,9 @@ def test_action_less_dataset_and_episode_selection(datasets, tmp_path):
     assert list(episodes) == ["noact-ep000001"]
     ep = episodes["noact-ep000001"]
     assert ep.action is None and ep.meta["action_names"] is None and ep.depth_m == {}
+    assert ep.meta["robot_type"] == "unknown"  # the dataset names no robot: never the simulator's arm
+    named = ingest(params.model_copy(update={"robot_type": "koch"}), tmp_path / "named")
+    assert named["noact-ep000001"].meta["robot_type"] == "koch"
     np.testing.assert_array_equal(ep.state, sources[1].state)
     assert np.abs(ep.rgb["front"].astype(int) - sources[1].rgb["front"]).mean() < 2.0
     # the frames really are compared: the other episode's are far off
