@@ -45,7 +45,7 @@ TOOLS = {
     "publish": ("pipeline.publish", "publish a finished run's merged LeRobot dataset(s) and QA set, with dataset "
                                     "cards, to hf://datasets/ORG/NAME, an fsspec URL or a directory"),
     "eval-policy": ("pipeline.policy_eval", "run a lerobot policy checkpoint in the embedded simulator: success rate "
-                                            "with a 95% confidence interval per task family, and GIFs"),
+                                            "with a 95%% confidence interval per task family, and GIFs"),
 }
 
 

@@ -158,3 +158,15 @@ def test_cli_validate_and_verbosity_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("wmsynth ")
+
+
+@pytest.mark.parametrize("argv", [["--help"], *[[name, "--help"] for name in
+                                               ("validate", "run", "stages", "verify", "merge", "publish", "report",
+                                                "view", "eval-policy")]])
+def test_every_help_text_renders(argv, capsys):
+    """argparse formats help strings with %: a stray one breaks --help for the whole command line."""
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0 and "usage: wmsynth" in capsys.readouterr().out
