@@ -71,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _policy_value_jobs import Job, eta_text, evaluate, run_jobs  # noqa: E402
-from synthesis import phase  # noqa: E402
+from synthesis import phase, shipped_params, write_json  # noqa: E402
 
 from pipeline.merge import policy_input_features_arg  # noqa: E402
 
@@ -85,14 +85,6 @@ FAMILIES = ["reach", "push"]
 CAMERAS = ["front", "top"]  # recorded, and what the world model sees (two views label actions better than one)
 POLICY_CAMERAS = ["front"]  # what the policy sees: one ResNet pass per step keeps the trainings inside the budget
 ACTION_NAMES = ["dx", "dy", "dz", "dyaw", "gripper"]
-SHIPPED = Path(__file__).resolve().parents[1] / "stages.yaml"
-
-
-def shipped_params(stage: str) -> dict:
-    """A stage's params in the shipped stages.yaml (the benchmark measures what users run)."""
-    return next(s.get("params") or {} for s in yaml.safe_load(SHIPPED.read_text())["stages"] if s["name"] == stage)
-
-
 FILTER = {k: v for k, v in shipped_params("filter").items() if k in ("evaluators", "mode", "weights", "threshold")}
 QUICK_FILTER = {"evaluators": {"safety": {}}, "mode": "all"}  # --quick: lenient, so synthetic episodes get trained on
 POLICY = {"type": "act", "dim_model": 128, "dim_feedforward": 512, "n_encoder_layers": 2, "n_decoder_layers": 1,
@@ -105,12 +97,6 @@ EVAL_SEED = 1000  # scene seeds 1000.. (training episodes' seeds are 32-bit hash
 
 def spec_hash(spec: Any) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
 
 
 # -- data: the wmsynth chain through its CLI ---------------------------------------------------------------------------

@@ -50,9 +50,16 @@ SPEC = DataSpec(image_size=64, cameras=("front", "top"), explore_train=100, scri
                 scripted_test=40, explore_frames=48, scripted_max_steps=60, seed=9)
 QUICK_SPEC = DataSpec(image_size=32, cameras=("front",), explore_train=4, scripted_train=4, explore_test=2,
                       scripted_test=3, explore_frames=12, scripted_max_steps=20, seed=9)
+SHIPPED = Path(__file__).resolve().parents[1] / "stages.yaml"
+
+
+def shipped_params(stage: str) -> dict:
+    """A stage's params in the shipped stages.yaml (the benchmarks measure what users run)."""
+    return next(s.get("params") or {} for s in yaml.safe_load(SHIPPED.read_text())["stages"] if s["name"] == stage)
+
+
 # The shipped stages.yaml's filter decides (filter_default); every other judge is scored and reported too.
-SHIPPED_FILTER = next(s["params"] for s in yaml.safe_load((Path(__file__).resolve().parents[1] / "stages.yaml")
-                                                         .read_text())["stages"] if s["name"] == "filter")
+SHIPPED_FILTER = shipped_params("filter")
 DECIDING = tuple(SHIPPED_FILTER["evaluators"])
 EVALUATORS = {**{name: {} for name in ("safety", "reach", "geometric", "progress", "consistency")},
               **SHIPPED_FILTER["evaluators"]}
@@ -68,11 +75,16 @@ def phase(out: Path, name: str, resume: bool, fn):
     started = time.perf_counter()
     result = fn()
     result["phase_seconds"] = round(time.perf_counter() - started, 1)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    write_json(path, result)
     logger.info("phase %s done in %.0f s", name, result["phase_seconds"])
     return result
+
+
+def write_json(path: Path, value) -> None:
+    """``value`` as JSON at ``path``, atomically (a temporary file, then rename)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
 
 
 def labelled_ids(paths: list[str], fraction: float, seed: int) -> set[str]:
