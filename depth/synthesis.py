@@ -116,6 +116,14 @@ def qa_cameras(episode: Episode, cameras: tuple[str, ...] | None) -> list[str]:
     return usable
 
 
+def calibration_origin(cam_meta: dict[str, Any], cam_to_world: np.ndarray | None) -> dict[str, str | None]:
+    """Where a camera's geometry came from: ``meta.cameras.<cam>.calibration`` (given, dataset, simulator,
+    estimated), or ``unrecorded`` for calibration an older episode carries without saying whose it is."""
+    origin = dict(cam_meta.get("calibration") or {})
+    return {"intrinsics": origin.get("intrinsics") or "unrecorded",
+            "extrinsics": (origin.get("extrinsics") or "unrecorded") if cam_to_world is not None else None}
+
+
 def _labels(episode: Episode) -> dict[int, tuple[str, str | None]]:
     return {int(o["body_id"]): (str(o["name"]), o.get("category")) for o in episode.meta.get("objects") or []
             if "body_id" in o and "name" in o}
@@ -156,6 +164,7 @@ def synthesize_episode(episode: Episode, config: SynthesisConfig) -> EpisodeQA:
                 "task": episode.task,
                 "source_uri": episode.meta.get("source_uri"),
                 "intrinsics": cam_meta["intrinsics"],
+                "calibration": calibration_origin(cam_meta, cam_to_world),
                 "cam_to_world": None if cam_to_world is None else cam_to_world.round(6).tolist(),
                 "depth": {"file": "depth.png", "unit": "mm", "depth_scale": 1000, "zero": "no measurement",
                           "source": (episode.meta.get("depth") or {}).get("backend", "sensor")},

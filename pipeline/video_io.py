@@ -171,7 +171,7 @@ def read_json_sidecar(path: str, uri: str) -> dict[str, Any]:
     names = info.get("action_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise EpisodeError(uri, "action_names", f"{name(path)}: action_names must be a list of strings")
-    unknown = sorted(set(info) - {"task", "fps", "action_names", "robot_type"})
+    unknown = sorted(set(info) - {"task", "fps", "action_names", "robot_type", "intrinsics", "cam_to_world"})
     if unknown:
         logger.info("%s: ignoring unknown keys %s", name(path), unknown)
     return info

@@ -78,7 +78,7 @@ def generate_episode(seed: int, task: str | None = None, config: TabletopConfig 
     for cam in scene.cameras:
         entry = {"intrinsics": cam.intrinsics(), "cam_to_world": cam_to_world[cam.name],
                  "near": cam.near, "far": cam.far, "fov_deg": cam.fov_deg, "mount": cam.mount,
-                 "convention": "opencv"}
+                 "convention": "opencv", "calibration": {"intrinsics": "simulator", "extrinsics": "simulator"}}
         if cam.mount != "world":
             entry["per_frame_cam_to_world"] = f"extras.{cam.name}_cam_to_world"
         camera_meta[cam.name] = entry

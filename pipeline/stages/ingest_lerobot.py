@@ -9,10 +9,13 @@
         depth: {front: observation.depth.front}         # default: every is_depth_map stream, paired by name
         state_key: observation.state        # null = ignore; the default may be absent from the dataset
         action_key: action                  # null = ignore; the default may be absent (action-less data)
+        robot_type: so100                   # default: the dataset's own (meta/info.json), else unknown
+        calibration:                        # per camera (our names); see pipeline.calibration
+          front: {intrinsics: {fx: 410.0, fy: 410.0, cx: 319.5, cy: 239.5}}
 
 Fan-out 1:N. ``check`` (``wmsynth validate``, and before any work) reads ``meta/info.json`` alone and reports a root
 that does not exist or cannot be read, an unknown URL scheme, a mapped key the dataset lacks or of the wrong kind, and
-episode indices out of range, each under its YAML field. ``plan`` resolves the same mapping on the driver and lists
+episode indices out of range and a calibrated camera the mapping lacks, each under its YAML field. ``plan`` resolves the same mapping on the driver and lists
 the episodes; the runner then runs one Ray task per episode, which reads it with lerobot's own metadata, parquet and
 video readers (``pipeline.lerobot_read``) and returns the ``Episode``:
 
@@ -23,6 +26,10 @@ video readers (``pipeline.lerobot_read``) and returns the ``Episode``:
 
 A bad episode raises ``EpisodeError`` naming the episode (``<root>#episode=<i>``) and field; the runner quarantines
 it and the others go on. Depth comes back in metres (see ``pipeline.lerobot_read``).
+
+Calibration (``meta["cameras"]``): the ``calibration`` param, else what the dataset carries (a wmsynth shard's
+``meta/wmsynth_provenance.json``, read on the driver), else none: a later ``depth`` stage may estimate it, and
+``synthesize_qa`` says which episodes it could not use and why.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from pydantic import Field, field_validator, model_validator
 
 from episodes import Episode, EpisodeError, safe_id
 from episodes import io as fileio
-from pipeline import lerobot_read
+from pipeline import calibration, lerobot_read
+from pipeline.calibration import CameraCalibration
 from pipeline.inputs import read_problem, scheme_problem
 from pipeline.lerobot_read import KeyMap, camera_keys, depth_camera_name, depth_keys, image_shape
 from pipeline.stage import CheckContext, Problem, Resources, StageContext, StageParams, error_reason, register_stage
@@ -62,6 +70,9 @@ class IngestLeRobotParams(StageParams):
     tolerance_s: float = Field(1e-4, gt=0, description="timestamp tolerance for frame lookup and fps checks")
     robot_type: str | None = Field(None, min_length=1, description="the robot (the shards' robot_type, the world "
                                    "model's embodiment); default: the dataset's own, else unknown")
+    calibration: dict[str, CameraCalibration] | None = Field(None, description="per camera: intrinsics (fx, fy, cx, "
+                                                             "cy or fov_deg) and/or cam_to_world; default: the "
+                                                             "dataset's, if it carries any")
     resources: Resources = Resources(num_cpus=1)
 
     @field_validator("episodes")
@@ -267,6 +278,7 @@ def resolve(params: IngestLeRobotParams, hub: bool = True) -> Resolved:
     if info is None:
         return Resolved(source, problems=problems)
     keys, problems, notes = resolve_keys(params, info["features"], source.label)
+    problems += calibration.camera_problems(params.calibration, list(keys.cameras), source.label)
     total = int(info.get("total_episodes") or 0)
     episodes = params.episodes if params.episodes is not None else list(range(total))
     missing = [e for e in episodes if e >= total]
@@ -306,7 +318,35 @@ def plan(params: IngestLeRobotParams, ctx: StageContext) -> list[dict]:
     logger.info("%s: %d episodes from %s, cameras %s, depth %s, state %s, action %s", STAGE, len(resolved.episodes),
                 source.location, keys.cameras, keys.depth, keys.state_key, keys.action_key)
     shared = {"source": asdict(source), "keys": asdict(keys)}
-    return [{"episode_id": f"{source.name}-ep{e:06d}", "episode_index": int(e), **shared} for e in resolved.episodes]
+    carried = carried_calibration(source, keys)
+    return [{"episode_id": f"{source.name}-ep{e:06d}", "episode_index": int(e), "calibration": carried.get(e), **shared}
+            for e in resolved.episodes]
+
+
+def carried_calibration(source: Source, keys: KeyMap) -> dict[int, dict[str, dict]]:
+    """{episode index: {our camera: {"intrinsics", "cam_to_world"}}} from a wmsynth shard's provenance (a dataset
+    this pipeline wrote, or merged); {} for any other dataset (LeRobot v3 has no calibration field)."""
+    from pipeline.lerobot_shard import PROVENANCE_FILE
+
+    if source.mode == "hub":
+        return {}
+    path = fileio.join(source.root, PROVENANCE_FILE)
+    try:
+        provenance = json.loads(fileio.read_bytes(path))
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:  # noqa: BLE001 - the calibration is optional; the episodes are still read
+        logger.warning("%s: %s is unreadable (%s); its calibration is not used", STAGE, path, error_reason(exc))
+        return {}
+    ours = {cam: key.removeprefix("observation.images.") for cam, key in keys.cameras.items()}
+    out = {}
+    for entry in provenance.get("episodes") or []:
+        cameras = (entry.get("meta") or {}).get("cameras") or {}
+        picked = {cam: {k: cameras[theirs][k] for k in ("intrinsics", "cam_to_world") if k in cameras[theirs]}
+                  for cam, theirs in ours.items() if isinstance(cameras.get(theirs), dict)}
+        if picked:
+            out[int(entry["episode_index"])] = picked
+    return out
 
 
 # -- task side: one episode ------------------------------------------------------------------------------------------
@@ -336,6 +376,11 @@ def ingest_lerobot(item: dict, params: IngestLeRobotParams, ctx: StageContext) -
                                                 tolerance_s=params.tolerance_s, cache_dir=Path(tmp) / "cache")
             # never the simulator's arm by default: the param, the dataset's own robot, else unknown
             episode.meta["robot_type"] = params.robot_type or episode.meta["lerobot"]["robot_type"] or "unknown"
+            sizes = {cam: frames.shape[1:3] for cam, frames in episode.rgb.items()}
+            try:
+                calibration.apply(episode.meta, sizes, params.calibration, item.get("calibration"))
+            except ValueError as exc:
+                raise EpisodeError(where, "calibration", f"the dataset's calibration: {exc}") from exc
             return episode
     except EpisodeError:
         raise

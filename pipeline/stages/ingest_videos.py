@@ -9,16 +9,20 @@
         max_frames: 300                     # keep at most this many frames (after the stride)
         task: "pick up the cup"             # default task text; <stem>.json may override it
         robot_type: so100                   # the robot in the clips (default: unknown, never the simulator's arm)
+        calibration:                        # optional, for the camera (see pipeline.calibration)
+          front: {intrinsics: {fx: 410.0, fy: 410.0, cx: 319.5, cy: 239.5}}   # at the video's own size
 
 Sidecars next to ``<stem>.<ext>``, all optional (``pipeline.video_io``):
 
     <stem>.actions.npy   (T, A) numeric, loaded with allow_pickle=False; or
     <stem>.actions.csv   T rows of A numbers, optionally after one header row of action names
-    <stem>.json          {"task": str, "fps": number, "action_names": [str, ...], "robot_type": str}
+    <stem>.json          {"task": str, "fps": number, "action_names": [str, ...], "robot_type": str,
+                          "intrinsics": {fx, fy, cx, cy}, "cam_to_world": 4x4}   (calibration at the video's size)
 
 T is the number of frames kept by ``frame_stride`` (every stride-th frame of the video), before ``max_frames``; row t
 is the action between kept frames t and t+1. A clip without an actions sidecar becomes an action-less episode
-(``action`` None), which is normal input.
+(``action`` None), which is normal input. Intrinsics (param or sidecar) refer to the video's own frame size unless
+they give ``width`` and ``height``, and are scaled with the resize; the param wins over the sidecar.
 
 Fan-out 1:N: ``check`` (``wmsynth validate``, before any work) reports a path that does not exist or cannot be read,
 an unknown URL scheme and a path matching no video; ``plan`` lists the files on the driver; the runner then runs one
@@ -36,11 +40,12 @@ import math
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from episodes import Episode, EpisodeError, safe_id
 from episodes import io as fileio
-from pipeline import video_io
+from pipeline import calibration, video_io
+from pipeline.calibration import CameraCalibration
 from pipeline.inputs import local_copy, read_problem, scheme_problem
 from pipeline.stage import CheckContext, Problem, Resources, StageContext, StageParams, error_reason, register_stage
 
@@ -62,6 +67,8 @@ class IngestVideosParams(StageParams):
     task: str = Field("", description="task text for clips whose <stem>.json gives none")
     robot_type: str = Field("unknown", min_length=1, description="the robot in the clips (the shards' robot_type, "
                             "the world model's embodiment); <stem>.json may give its own; unknown stays unknown")
+    calibration: dict[str, CameraCalibration] | None = Field(None, description="{camera: intrinsics and/or "
+                                                             "cam_to_world}; default: <stem>.json's, if any")
     resources: Resources = Resources(num_cpus=1)
 
     @field_validator("extensions")
@@ -78,6 +85,15 @@ class IngestVideosParams(StageParams):
         if "/" in camera:
             raise ValueError(f"camera name must not contain '/', got {camera!r}")
         return camera
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibrates_the_camera(cls, calibration: dict | None, info: ValidationInfo) -> dict | None:
+        camera = info.data.get("camera", "front")
+        other = sorted(set(calibration or {}) - {camera})
+        if other:
+            raise ValueError(f"names cameras {other}, but the clips' camera is {camera!r} (the camera param)")
+        return calibration
 
     @model_validator(mode="after")
     def _resize_needs_both(self) -> IngestVideosParams:
@@ -233,5 +249,26 @@ def read_clip(item: dict[str, Any], params: IngestVideosParams) -> Episode:
                   "frame_stride": params.frame_stride,
                   "sidecars": [video_io.name(p) for p in (sidecar.actions, sidecar.json) if p]},
     }
+    apply_calibration(meta, params, info, native_hw, frames.shape[1:3], uri, sidecar.json)
     return Episode(episode_id=item["episode_id"], fps=video_fps / params.frame_stride,
                    task=str(info.get("task", params.task)), rgb={params.camera: frames}, action=action, meta=meta)
+
+
+def apply_calibration(meta: dict[str, Any], params: IngestVideosParams, info: dict[str, Any], native_hw, kept_hw,
+                      uri: str, sidecar_json: str | None) -> None:
+    """``meta["cameras"]`` from the param, else the sidecar, both at the video's own size unless they say theirs."""
+    native = {"height": int(native_hw[0]), "width": int(native_hw[1])}
+    given = dict(params.calibration or {})
+    cam = params.camera
+    if cam in given and given[cam].intrinsics is not None and given[cam].intrinsics.width is None \
+            and given[cam].intrinsics.fov_deg is None:
+        given[cam] = given[cam].model_copy(update={"intrinsics": given[cam].intrinsics.model_copy(update=native)})
+    carried = {}
+    if info.get("intrinsics") is not None or info.get("cam_to_world") is not None:
+        intrinsics = info.get("intrinsics")
+        carried[cam] = {"intrinsics": {**native, **intrinsics} if isinstance(intrinsics, dict) else intrinsics,
+                        "cam_to_world": info.get("cam_to_world")}
+    try:
+        calibration.apply(meta, {cam: tuple(kept_hw)}, given, carried)
+    except (ValueError, TypeError) as exc:
+        raise EpisodeError(uri, "calibration", f"{video_io.name(sidecar_json)}: {exc}") from exc

@@ -299,3 +299,33 @@ def test_dequantised_depth_is_metres_and_code_zero_is_no_measurement():
     assert back.shape == (1, 2, 3) and back.dtype == np.float32
     assert back[0, 0, 0] == 0.0 and back[0, 1, 2] == 0.0  # 0 and NaN were written as code 0
     np.testing.assert_allclose(back[0].ravel()[1:5], [0.4, 1.0, 2.5, 9.0], rtol=1e-3)
+
+
+def test_calibration_from_params_or_carried_by_a_wmsynth_shard(datasets, tmp_path):
+    """Intrinsics and pose given as params land in meta.cameras with their origin; a calibrated camera the mapping
+    lacks is a problem under calibration.<cam>; a dataset with wmsynth provenance carries its own (issue 12)."""
+    root, _ = datasets["rig"]
+    pose = [[1, 0, 0, 0.4], [0, -1, 0, 0.0], [0, 0, -1, 1.2], [0, 0, 0, 1]]
+    params = IngestLeRobotParams(root=str(root), episodes=[0],
+                                 calibration={"front": {"intrinsics": {"fov_deg": 60}, "cam_to_world": pose}})
+    ep = ingest(params, tmp_path)["rig-ep000000"]
+    front = ep.meta["cameras"]["front"]
+    assert front["calibration"] == {"intrinsics": "given", "extrinsics": "given"}
+    assert front["intrinsics"]["width"] == 128 and front["intrinsics"]["fy"] == pytest.approx(64 / np.tan(np.pi / 6))
+    bare = ingest(IngestLeRobotParams(root=str(root), episodes=[0]), tmp_path / "bare")["rig-ep000000"]
+    assert "cameras" not in bare.meta  # nothing known, nothing invented
+
+    wrong = IngestLeRobotParams(root=str(root), calibration={"top": {"intrinsics": {"fov_deg": 60}}})
+    errors = check_run(parse_config(config(tmp_path / "run", **wrong.model_dump(exclude_unset=True))), storage=False)
+    assert len(errors) == 1 and errors[0].startswith("stages[0].params.calibration.top: ") and "'top'" in errors[0]
+
+    carried = {"episodes": [{"episode_index": 2, "meta": {"cameras": {"front": {
+        "intrinsics": {"fx": 100.0, "fy": 100.0, "cx": 63.5, "cy": 63.5, "width": 128, "height": 128},
+        "cam_to_world": pose}}}}]}
+    copy = edited_copy(root, tmp_path / "shard", lambda info: None)
+    (copy / "meta" / "wmsynth_provenance.json").write_text(json.dumps(carried))
+    episodes = ingest(IngestLeRobotParams(root=str(copy), episodes=[0, 2]), tmp_path / "shard-run")
+    assert "cameras" not in episodes["shard-ep000000"].meta
+    assert episodes["shard-ep000002"].meta["cameras"]["front"]["calibration"] == {"intrinsics": "dataset",
+                                                                                   "extrinsics": "dataset"}
+    assert episodes["shard-ep000002"].meta["cameras"]["front"]["intrinsics"]["fx"] == 100.0

@@ -227,6 +227,18 @@ def test_glob_resize_stride_and_max_frames(tmp_path):
     assert ingest_videos(items["video-strided"], params.model_copy(update={"robot_type": "so100"}),
                          ctx_for(tmp_path)).meta["robot_type"] == "koch"  # the clip's own sidecar wins
 
+    # calibration at the video's own 64x48, from the sidecar, then the param: scaled to the kept 32x24 frames
+    (src / "nested" / "strided.json").write_text('{"intrinsics": {"fx": 60, "fy": 60, "cx": 31.5, "cy": 23.5}}')
+    wrist = ingest_videos(items["video-strided"], params, ctx_for(tmp_path)).meta["cameras"]["wrist"]
+    assert wrist["intrinsics"] == {"fx": 30, "fy": 30, "cx": 15.5, "cy": 11.5, "width": 32, "height": 24}
+    assert wrist["calibration"] == {"intrinsics": "dataset", "extrinsics": None}
+    given = IngestVideosParams(**{**params.model_dump(), "calibration": {"wrist": {"intrinsics": {"fx": 80, "fy": 80}}}})
+    wrist = ingest_videos(items["video-strided"], given, ctx_for(tmp_path)).meta["cameras"]["wrist"]
+    assert wrist["intrinsics"]["fx"] == 40 and wrist["calibration"]["intrinsics"] == "given"
+    (src / "nested" / "strided.json").write_text('{"intrinsics": {"fx": -1, "fy": 60}}')
+    with pytest.raises(EpisodeError, match="strided.json.*fx: Input should be greater than 0"):
+        ingest_videos(items["video-strided"], params, ctx_for(tmp_path))
+
     with pytest.raises(EpisodeError) as info:
         ingest_videos(items["video-every_frame"], params, ctx_for(tmp_path))
     assert "one row per video frame" in str(info.value) and "frame_stride=2" in str(info.value)
