@@ -211,6 +211,7 @@ def build(rows: list[dict], params: SynthesizeQAParams, ctx: StageContext, out_d
     skips: Counter = Counter()
     errors: dict[str, str] = {}
     per_family: Counter = Counter()
+    per_origin: dict[str, Counter] = {"calibration": Counter(), "depth": Counter()}  # QA pairs by where geometry came from
     shards: list[dict[str, Any]] = []
     writer, count, num_samples = None, 0, 0
     try:
@@ -237,7 +238,11 @@ def build(rows: list[dict], params: SynthesizeQAParams, ctx: StageContext, out_d
                     count = 0
                 key = sample["__key__"]
                 writer.write(sample)
-                rows_here = index_rows(json.loads(sample["json"]), key, shards[-1]["name"])
+                document = json.loads(sample["json"])
+                rows_here = index_rows(document, key, shards[-1]["name"])
+                per_origin["calibration"][(document.get("calibration") or {}).get("intrinsics", "unrecorded")] += \
+                    len(rows_here)
+                per_origin["depth"][document["depth"]["source"]] += len(rows_here)
                 index.extend(rows_here)
                 per_family.update(row["family"] for row in rows_here)
                 shards[-1]["samples"] += 1
@@ -256,6 +261,8 @@ def build(rows: list[dict], params: SynthesizeQAParams, ctx: StageContext, out_d
     summary = {
         "schema_version": QA_SCHEMA_VERSION, "num_samples": num_samples, "num_qa": len(index),
         "families": sorted(per_family), "qa_per_family": dict(sorted(per_family.items())),
+        "qa_by_calibration": dict(sorted(per_origin["calibration"].items())),
+        "qa_by_depth_source": dict(sorted(per_origin["depth"].items())),
         "skipped": dict(sorted(reasons.items())), "skipped_total": sum(skips.values()),
         "skipped_by_family": skipped_by_family, "episodes_with_qa": len({row["episode_id"] for row in index}),
         "episode_errors": errors, "shards": shards, "params": params.model_dump(mode="json"),
@@ -318,7 +325,9 @@ def stage_report(summary: dict[str, Any]) -> dict[str, Any]:
     summary prints when the stage made no QA pair at all."""
     reasons = {reason: len(eids) for reason, eids in errors_by_reason(summary["episode_errors"]).items()}
     report = {"num_qa": summary["num_qa"], "num_samples": summary["num_samples"], "shards": len(summary["shards"]),
-              "questions_skipped": summary["skipped"], "episodes_without_qa": reasons}
+              "questions_skipped": summary["skipped"], "episodes_without_qa": reasons,
+              "qa_by_calibration": summary.get("qa_by_calibration", {}),
+              "qa_by_depth_source": summary.get("qa_by_depth_source", {})}
     if summary["num_qa"] == 0:
         why = "; ".join(f"{n} episode(s): {reason}" for reason, n in reasons.items())
         report["warnings"] = [f"no QA pairs{': ' + why if why else ''}"

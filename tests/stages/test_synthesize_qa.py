@@ -81,6 +81,9 @@ def test_stage_through_the_runner_writes_shards_that_webdataset_reads_back(ray_s
     assert summary["episode_errors"] == {} and summary["episodes_with_qa"] == 2
     assert summary["num_qa"] > 10 and len(summary["families"]) >= 8
     assert summary["skipped_total"] == sum(summary["skipped"].values())
+    # every pair says where its geometry came from: the simulator's calibration, the sensor's depth
+    assert summary["qa_by_calibration"] == {"simulator": summary["num_qa"]}
+    assert summary["qa_by_depth_source"] == {"sensor": summary["num_qa"]}
     assert json.loads((qa_dir / COMPLETE).read_text())["num_qa"] == summary["num_qa"]
     assert not list(run_dir.glob(".qa-*"))  # no temp or old directories left behind
 
