@@ -1,4 +1,4 @@
-"""Monocular depth with Depth Anything (transformers), and alignment of relative depth to metres.
+"""Monocular depth with Depth Anything or Depth Pro (transformers), and alignment of relative depth to metres.
 
     estimator = DepthAnythingEstimator(EstimatorConfig(model="depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"))
     raw = estimator.predict(frames)                        # (N, H, W): metres (metric) or relative disparity
@@ -27,6 +27,12 @@ The residual of every fit is reported (RMSE in metres and AbsRel at the cues) pe
 ``meta["depth"]``. If a frame has fewer than 2 cues, or the prediction is constant over them (degenerate), only a shift
 is fitted and the frame is flagged. A relative checkpoint with no cues at all cannot give metres: the episode is
 rejected with a message saying which cue to provide.
+
+Depth Pro checkpoints (``config.model_type == "depth_pro"``) predict canonical inverse depth and, with their FoV head,
+the horizontal field of view; transformers' ``post_process_depth_estimation`` turns both into metric depth and a focal
+length in pixels. A camera that has intrinsics keeps them, and its depth is rescaled to the known focal (depth is
+proportional to focal length); a camera without intrinsics gets the median predicted focal as ``fx = fy`` with the
+principal point at the image centre, marked ``calibration.intrinsics: estimated`` with the per-frame spread reported.
 
 When the episode had sensor depth for a camera that is estimated (``estimate_for: all``), AbsRel, RMSE and delta1 of
 the estimate against it are computed (``depth.metrics``) and kept in ``meta["depth"]["cameras"][cam]["metrics"]``.
@@ -132,12 +138,22 @@ class DepthAnythingEstimator:
                                f"with config.json, the weights and preprocessor_config.json, or a hub id reachable "
                                f"from this machine") from exc
         self.model.to(self.device).eval()
-        declared = getattr(self.model.config, "depth_estimation_type", None)
+        self.predicts_focal = getattr(self.model.config, "model_type", None) == "depth_pro"
+        self.backend = "depth_pro" if self.predicts_focal else "depth_anything"
+        declared = "metric" if self.predicts_focal else getattr(self.model.config, "depth_estimation_type", None)
         self.kind = config.kind if config.kind != "auto" else (declared or "relative")
         logger.info("depth model %s loaded on %s (%s depth)", config.model, self.device, self.kind)
 
     def predict(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, H, W) float32: metres (metric) or relative inverse depth (relative)."""
+        return self.predict_with_focal(frames)[0]
+
+    def predict_with_focal(self, frames: np.ndarray,
+                           focal_px: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, H, W, 3) uint8 -> (depth (N, H, W) float32, predicted focal lengths (N,) in pixels or None).
+
+        ``focal_px``: the camera's known horizontal focal length at the frames' size; Depth Pro's depth is then
+        scaled to it instead of its own prediction. Other models predict no focal and ignore it."""
         import torch
         import torch.nn.functional as F
 
@@ -147,16 +163,42 @@ class DepthAnythingEstimator:
         kwargs: dict[str, Any] = {}
         if self.config.input_size is not None:
             kwargs["size"] = {"height": self.config.input_size, "width": self.config.input_size}
-        out = []
+        out, focals = [], []
         with torch.inference_mode():
             for start in range(0, len(frames), self.config.batch_size):
                 batch = list(frames[start:start + self.config.batch_size])
                 inputs = self.processor(images=batch, return_tensors="pt", **kwargs).to(self.device)
-                pred = self.model(**inputs).predicted_depth  # (B, h, w)
+                outputs = self.model(**inputs)
+                if self.predicts_focal:
+                    depth, focal = self._depth_pro_metres(outputs, len(batch), height, width, focal_px)
+                    out.append(depth)
+                    focals.append(focal)
+                    continue
+                pred = outputs.predicted_depth  # (B, h, w)
                 pred = F.interpolate(pred[:, None].float(), size=(height, width), mode="bilinear",
                                      align_corners=False)[:, 0]
                 out.append(pred.cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
+        focal = np.concatenate(focals) if focals and focals[0] is not None else None
+        return np.concatenate(out).astype(np.float32), focal
+
+    def _depth_pro_metres(self, outputs, batch: int, height: int, width: int,
+                          focal_px: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Depth Pro's outputs -> metres at the frame size, and its focal lengths (None without a FoV head)."""
+        results = self.processor.post_process_depth_estimation(outputs, target_sizes=[(height, width)] * batch)
+        depth = np.stack([r["predicted_depth"].float().cpu().numpy() for r in results])  # f / (W * inverse depth)
+        has_fov = results[0]["focal_length"] is not None
+        focal = np.array([float(r["focal_length"]) for r in results]) if has_fov else None
+        if has_fov and not ((focal > 0) & np.isfinite(focal)).all():
+            fov = [round(float(r["field_of_view"]), 2) for r in results]
+            raise ValueError(f"depth model {self.config.model!r} predicted fields of view {fov} deg (not in 0..180); "
+                             "give the camera's intrinsics as ingest calibration params")
+        if focal_px is not None:  # depth is proportional to the focal length it assumes: use the known one
+            depth = depth * (focal_px / focal)[:, None, None] if has_fov else depth * (focal_px / width)
+        elif not has_fov:
+            raise ValueError(f"depth model {self.config.model!r} is Depth Pro without its FoV head "
+                             "(use_fov_model false): it needs the camera's intrinsics to give metres; give them as "
+                             "ingest calibration params")
+        return depth, focal
 
 
 # -- alignment -------------------------------------------------------------------------------------------------------
@@ -271,6 +313,20 @@ def _camera_rng(seed: int, episode_id: str, camera: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+def estimated_intrinsics(meta: dict[str, Any], camera: str, focal_px: np.ndarray, height: int,
+                         width: int) -> dict[str, Any]:
+    """Set ``meta["cameras"][camera]`` from per-frame predicted focal lengths (median; square pixels, centred
+    principal point) and mark them estimated; returns the camera's entry."""
+    f = float(np.median(focal_px))
+    entry = meta.setdefault("cameras", {}).setdefault(camera, {})
+    entry["intrinsics"] = {"fx": f, "fy": f, "cx": (width - 1) / 2, "cy": (height - 1) / 2, "width": width,
+                           "height": height}
+    entry["calibration"] = {**(entry.get("calibration") or {"extrinsics": None}), "intrinsics": "estimated"}
+    entry["focal_estimate"] = {"median_px": round(f, 3), "frames": int(len(focal_px)),
+                               "relative_spread": round(float(np.std(focal_px) / f), 4) if f > 0 else None}
+    return entry
+
+
 def estimate_episode_depth(episode: Episode, estimator: DepthAnythingEstimator,
                            config: AlignmentConfig) -> tuple[Episode, EpisodeDepthReport]:
     """Estimate metric depth for the episode's cameras (see module docstring). Returns a new episode (the input is
@@ -291,9 +347,12 @@ def estimate_episode_depth(episode: Episode, estimator: DepthAnythingEstimator,
         support_id = ((episode.meta.get("sim") or {}).get("body_ids") or {}).get("table")
     for cam in cameras:
         frames = episode.rgb[cam]
-        raw = estimator.predict(frames)  # (T, H, W)
-        gt = source.depth_m.get(cam)
         cam_meta = (episode.meta.get("cameras") or {}).get(cam) or {}
+        known = cam_meta.get("intrinsics")
+        raw, focal = estimator.predict_with_focal(frames, None if known is None else float(known["fx"]))  # (T, H, W)
+        if known is None and focal is not None:
+            cam_meta = estimated_intrinsics(episode.meta, cam, focal, *frames.shape[1:3])
+        gt = source.depth_m.get(cam)
         plane = None
         seg = episode.segmentation.get(cam)
         if ("table_plane" in config.cues and seg is not None and support_id is not None
@@ -332,7 +391,7 @@ def estimate_episode_depth(episode: Episode, estimator: DepthAnythingEstimator,
         episode.extras[f"depth_alignment_{cam}"] = np.array(
             [[a.scale, a.shift, np.nan if a.residual_rmse_m is None else a.residual_rmse_m, a.num_cues]
              for a in alignments], dtype=np.float32)  # (T, 4)
-    episode.meta["depth"] = {"backend": "depth_anything", "model": estimator.config.model, "kind": estimator.kind,
+    episode.meta["depth"] = {"backend": estimator.backend, "model": estimator.config.model, "kind": estimator.kind,
                              "device": estimator.device, "estimate_for": config.estimate_for,
                              "cameras": {cam: r.to_json() for cam, r in report.cameras.items()}}
     return episode, report

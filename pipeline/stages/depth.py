@@ -7,6 +7,9 @@ Backends:
                     ``AutoImageProcessor``; a hub id or a local directory; relative or metric checkpoints). Relative
                     predictions are aligned to metres per frame by least squares against sparse metric cues (sensor
                     pixels, the known table plane), with the residual reported (see ``depth.estimator``).
+    depth_pro       the same loading code for a Depth Pro checkpoint (e.g. apple/DepthPro-hf): metric depth, and a
+                    focal length from its FoV head for cameras without intrinsics (``meta.cameras.<cam>.calibration
+                    .intrinsics: estimated``); cameras with intrinsics keep them and the depth is scaled to them.
 
     - name: depth
       params:
@@ -65,15 +68,17 @@ ALIGNMENT = ConfigFields(AlignmentConfig, {
 
 
 class DepthParams(params_from(ESTIMATOR, ALIGNMENT)):
-    backend: Literal["sensor", "depth_anything"] = "sensor"
-    model: str | None = Field(None, description="depth_anything: hub id or local directory of the checkpoint")
+    backend: Literal["sensor", "depth_anything", "depth_pro"] = "sensor"
+    model: str | None = Field(None, description="depth_anything / depth_pro: hub id or local directory of the "
+                                                "checkpoint")
     resources: Resources = Resources(num_cpus=0.5)
 
     @model_validator(mode="after")
     def _check(self) -> DepthParams:
-        if self.backend == "depth_anything" and not self.model:
-            raise ValueError("backend depth_anything needs model: a hub id (e.g. "
-                             "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf) or a local directory")
+        if self.backend != "sensor" and not self.model:
+            example = {"depth_anything": "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf",
+                       "depth_pro": "apple/DepthPro-hf"}[self.backend]
+            raise ValueError(f"backend {self.backend} needs model: a hub id (e.g. {example}) or a local directory")
         if self.device == "cuda" and self.resources.num_gpus <= 0:
             raise ValueError("device cuda needs resources.num_gpus > 0 (Ray hides GPUs from actors that reserve "
                              "none); or use device auto")
@@ -85,7 +90,7 @@ class DepthParams(params_from(ESTIMATOR, ALIGNMENT)):
         return [self.estimator_config(), self.alignment_config(seed=0)]
 
     def estimator_config(self) -> EstimatorConfig:
-        """The estimator of backend depth_anything (with backend sensor it names no model and is only validated)."""
+        """The estimator of the model backends (with backend sensor it names no model and is only validated)."""
         threads = max(1, int(round(self.resources.num_cpus))) if self.torch_threads is None else self.torch_threads
         return EstimatorConfig(**{**ESTIMATOR.values(self), "model": self.model or "none", "torch_threads": threads})
 
@@ -102,7 +107,7 @@ def sensor_depth(episode: Episode) -> Episode:
     return episode
 
 
-def write_metrics(rows: list[dict], ctx: StageContext, model: str) -> dict[str, Any]:
+def write_metrics(rows: list[dict], ctx: StageContext, backend: str, model: str) -> dict[str, Any]:
     """Per-episode and overall (pixel-weighted) depth metrics of the estimated cameras -> depth_metrics.json."""
     from depth.metrics import DepthErrorSums
 
@@ -124,7 +129,7 @@ def write_metrics(rows: list[dict], ctx: StageContext, model: str) -> dict[str, 
                                                           "residual_rmse_m": c["residual_rmse_m"],
                                                           "residual_absrel": c["residual_absrel"]}
                                                     for cam, c in cams.items()}}
-    report = {"backend": "depth_anything", "model": model,
+    report = {"backend": backend, "model": model,
               "ground_truth": "sensor depth of the episodes (estimate_for: all)",
               "overall": total.to_json() if per_episode else None, "episodes": per_episode}
     atomic_write_text(ctx.path(METRICS_FILE), json.dumps(report, indent=2))
@@ -132,9 +137,9 @@ def write_metrics(rows: list[dict], ctx: StageContext, model: str) -> dict[str, 
 
 
 def finish(rows: list[dict], params: DepthParams, ctx: StageContext) -> None:
-    if params.backend != "depth_anything":
+    if params.backend == "sensor":
         return
-    report = write_metrics(rows, ctx, str(params.model))
+    report = write_metrics(rows, ctx, params.backend, str(params.model))
     if report["overall"] is not None:
         logger.info("depth: %s against sensor depth: %s", params.model, report["overall"])
 
@@ -145,10 +150,13 @@ class Depth:
 
     def __init__(self, params: DepthParams, ctx: StageContext):
         self.estimator = None
-        if params.backend == "depth_anything":  # the model loads once per actor
+        if params.backend != "sensor":  # the model loads once per actor
             from depth.estimator import DepthAnythingEstimator
 
             self.estimator = DepthAnythingEstimator(params.estimator_config())
+            if self.estimator.backend != params.backend:
+                raise ValueError(f"depth: backend {params.backend} but {params.model!r} is a {self.estimator.backend} "
+                                 "checkpoint; set backend to match the model")
             self.alignment = params.alignment_config(ctx.seed)
 
     def __call__(self, episode: Episode) -> Episode:

@@ -27,7 +27,7 @@ commit marker last. Either way a reader that sees ``_COMPLETE`` sees a whole dat
 Episodes without depth (or without intrinsics) give no samples; the reason (what stage to add) is in
 ``summary.json["episode_errors"]`` and logged once per distinct reason with a count, and the row stays ``ok``: the
 episode is still good data for other sinks. Questions the geometry cannot support are not emitted; ``summary.json``
-counts them per reason and family. Depth from an estimator (``meta["depth"]["backend"] == "depth_anything"``) is read
+counts them per reason and family. Depth from an estimator (``meta["depth"]["backend"]`` other than ``sensor``) is read
 with silhouette depth borrowed from object interiors and 2%-trimmed extents (``estimated_depth: auto``), which resists
 the edge blur of monocular depth.
 """

@@ -194,10 +194,10 @@ def check(params: TrainWorldModelParams, cctx: CheckContext) -> list[Problem]:
             problems.append(("cameras", f"{missing} not produced by the sources (they produce {produced}); use some "
                                         f"of those, or add the cameras to the source (generate_tabletop "
                                         f"params.cameras)"))
-    estimated = any(name == "depth" and getattr(p, "backend", "") == "depth_anything" for name, p in cctx.earlier)
+    estimated = any(name == "depth" and getattr(p, "backend", "sensor") != "sensor" for name, p in cctx.earlier)
     if params.depth and cctx.outputs.get("depth") is False and not estimated:
         problems.append(("depth", "the sources produce no depth and no depth estimator runs before this stage; add a "
-                                  "depth stage with backend: depth_anything before it, or set depth: false"))
+                                  "depth stage with backend: depth_anything (or depth_pro) before it, or set depth: false"))
     return problems
 
 
