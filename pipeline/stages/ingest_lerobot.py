@@ -70,6 +70,9 @@ class IngestLeRobotParams(StageParams):
     tolerance_s: float = Field(1e-4, gt=0, description="timestamp tolerance for frame lookup and fps checks")
     robot_type: str | None = Field(None, min_length=1, description="the robot (the shards' robot_type, the world "
                                    "model's embodiment); default: the dataset's own, else unknown")
+    task: str | None = Field(None, description="task text for episodes whose dataset gives none (empty)")
+    action_names: list[str] | None = Field(None, min_length=1, description="names of the action dims; default: the "
+                                           "dataset's feature names")
     calibration: dict[str, CameraCalibration] | None = Field(None, description="per camera: intrinsics (fx, fy, cx, "
                                                              "cy or fov_deg) and/or cam_to_world; default: the "
                                                              "dataset's, if it carries any")
@@ -376,6 +379,13 @@ def ingest_lerobot(item: dict, params: IngestLeRobotParams, ctx: StageContext) -
                                                 tolerance_s=params.tolerance_s, cache_dir=Path(tmp) / "cache")
             # never the simulator's arm by default: the param, the dataset's own robot, else unknown
             episode.meta["robot_type"] = params.robot_type or episode.meta["lerobot"]["robot_type"] or "unknown"
+            if params.task and not episode.task:
+                episode.task = params.task
+            if params.action_names is not None and episode.action is not None:
+                if len(params.action_names) != episode.action.shape[1]:
+                    raise EpisodeError(where, "action_names", f"{len(params.action_names)} names for "
+                                       f"{episode.action.shape[1]} action dimensions of {keys.action_key!r}")
+                episode.meta["action_names"] = list(params.action_names)
             sizes = {cam: frames.shape[1:3] for cam, frames in episode.rgb.items()}
             try:
                 calibration.apply(episode.meta, sizes, params.calibration, item.get("calibration"))

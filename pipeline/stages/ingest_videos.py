@@ -35,8 +35,10 @@ raises ``EpisodeError`` naming the file and field, and the runner quarantines th
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import math
+import posixpath
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -65,6 +67,8 @@ class IngestVideosParams(StageParams):
     frame_stride: int = Field(1, ge=1, description="keep every n-th frame; the episode fps is divided by n")
     camera: str = Field("front", min_length=1)
     task: str = Field("", description="task text for clips whose <stem>.json gives none")
+    action_names: list[str] | None = Field(None, min_length=1, description="names of the action dims for clips whose "
+                                           "sidecars give none")
     robot_type: str = Field("unknown", min_length=1, description="the robot in the clips (the shards' robot_type, "
                             "the world model's embodiment); <stem>.json may give its own; unknown stays unknown")
     calibration: dict[str, CameraCalibration] | None = Field(None, description="{camera: intrinsics and/or "
@@ -157,7 +161,28 @@ def check(params: IngestVideosParams, cctx: CheckContext) -> list[Problem]:
             f.read(1)
     except Exception as exc:
         return [("path", f"{len(uris)} videos match, but the first cannot be read: {read_problem(uris[0], exc)}")]
-    return []
+    return robot_problems(params, uris)
+
+
+def robot_problems(params: IngestVideosParams, uris: list[str]) -> list[Problem]:
+    """One source, one robot: clips whose ``<stem>.json`` names another robot than the rest are an error (the world
+    model keys action heads and normalisation on the robot, and shards are per robot); split such a folder into one
+    stage per robot. Unreadable sidecars are left to the clip's own task (it quarantines that clip)."""
+    robots: dict[str, list[str]] = {}
+    for uri in uris:
+        sidecar = posixpath.splitext(uri)[0] + ".json"  # as video_io.Sidecars.find names it
+        try:
+            info = json.loads(fileio.read_bytes(sidecar)) if fileio.exists(sidecar) else {}
+        except Exception:  # noqa: BLE001 - reported per clip when it is read
+            continue
+        robot = info.get("robot_type") if isinstance(info, dict) and info.get("robot_type") else params.robot_type
+        robots.setdefault(str(robot), []).append(fileio.name(uri))
+    if len(robots) <= 1:
+        return []
+    listed = "; ".join(f"{robot}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} ({len(names)} clips)"
+                       for robot, names in sorted(robots.items()))
+    return [("robot_type", f"the clips under {params.path!r} are of {len(robots)} robots ({listed}); one source is one "
+                           "robot: give each robot's clips their own ingest_videos stage (path) and robot_type")]
 
 
 def describe(params: IngestVideosParams) -> dict:
@@ -220,7 +245,7 @@ def read_clip(item: dict[str, Any], params: IngestVideosParams) -> Episode:
     num_kept = len(range(0, num_video_frames, params.frame_stride))
     action_names = info.get("action_names")
     if action is not None:
-        action_names = action_names or csv_names
+        action_names = action_names or csv_names or params.action_names
         if action.shape[0] != num_kept:
             hint = ""
             if params.frame_stride > 1 and action.shape[0] == num_video_frames:

@@ -329,3 +329,14 @@ def test_calibration_from_params_or_carried_by_a_wmsynth_shard(datasets, tmp_pat
     assert episodes["shard-ep000002"].meta["cameras"]["front"]["calibration"] == {"intrinsics": "dataset",
                                                                                    "extrinsics": "dataset"}
     assert episodes["shard-ep000002"].meta["cameras"]["front"]["intrinsics"]["fx"] == 100.0
+
+
+def test_action_names_per_source(datasets, tmp_path):
+    root, sources = datasets["rig"]
+    dim = sources[0].action.shape[1]
+    names = [f"ee_d{i}" for i in range(dim)]
+    ep = ingest(IngestLeRobotParams(root=str(root), episodes=[0], action_names=names), tmp_path)["rig-ep000000"]
+    assert ep.meta["action_names"] == names
+    bad = ingest(IngestLeRobotParams(root=str(root), episodes=[0], action_names=names[:-1]), tmp_path / "bad")
+    assert isinstance(bad["rig-ep000000"], EpisodeError)
+    assert f"{dim - 1} names for {dim} action dimensions" in str(bad["rig-ep000000"])

@@ -274,6 +274,15 @@ def test_check_reports_input_problems_under_the_yaml_field(tmp_path):
     [remote] = problems("memory://wmsynth-test-nothing-here/clips")
     assert remote.startswith(field) and "does not exist" in remote
 
+    # one source, one robot: a sidecar naming another robot than the rest is an error under robot_type
+    write_mp4(tmp_path / "other.mp4", moving_square(num_frames=2))
+    (tmp_path / "other.json").write_text('{"robot_type": "koch"}')
+    [robots] = problems(str(tmp_path))
+    assert robots.startswith("stages[0].params.robot_type: ") and "koch: other.mp4" in robots
+    assert "unknown: ok.mp4" in robots and "own ingest_videos stage" in robots
+    (tmp_path / "ok.json").write_text('{"robot_type": "koch", "task": "wave"}')
+    assert problems(str(tmp_path)) == []
+
 
 def test_ids_are_sanitised_and_unique(tmp_path):
     for sub in ("a", "b"):
