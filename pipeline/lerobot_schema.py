@@ -27,7 +27,7 @@ import numpy as np
 from episodes import Episode, EpisodeError, read_header_and_meta, streams
 from episodes.io import PathLike
 
-DEFAULT_ROBOT_TYPE = "franka_panda"  # the tabletop generator's robot; ingested data carries its own in meta
+DEFAULT_ROBOT_TYPE = "unknown"  # episodes that name no robot; the simulator and the ingesters set theirs in meta
 # lerobot 0.6.1's streaming writer keeps no video stats for a 1-frame episode, and finalize() then fails for the whole
 # dataset (misaligned stats columns); a single frame is no trajectory anyway.
 MIN_FRAMES = 2

@@ -26,3 +26,17 @@ def stage_world_model(stage: str, checkpoint: str, ctx, num_gpus: float, embodim
     if embodiment is None and len(names) != 1 and need_embodiment:
         raise ValueError(f"{stage}: the model knows several embodiments ({names}); set params.embodiment")
     return wm, path, embodiment or (names[0] if len(names) == 1 else None)
+
+
+def episode_embodiment(stage: str, wm: Any, meta: dict[str, Any], fallback: str | None) -> str:
+    """Whose action head serves this episode: its own robot's when the model has one, else ``fallback`` (the stage's
+    ``embodiment`` param, or the model's only one); ValueError naming the robot and the heads when neither."""
+    from world_model.data import embodiment_of
+
+    own = embodiment_of(meta)
+    if own in wm.config.embodiments:
+        return own
+    if fallback is not None:
+        return fallback
+    raise ValueError(f"{stage}: the episode's robot {own!r} has no action head in the world model (heads: "
+                     f"{list(wm.config.embodiments)}); set params.embodiment to decode into one of them")

@@ -38,13 +38,13 @@ import numpy as np
 
 from pipeline.lerobot_schema import (
     ACTION_KEY,
-    DEFAULT_ROBOT_TYPE,
     DEPTH_PREFIX,
     IMAGES_PREFIX,
     STATE_KEY,
     ShardSchema,
 )
 from pipeline.sim.spec import ACTION_NAMES, CAMERA_NAMES, STATE_NAMES, TASK_FAMILIES
+from pipeline.sim.spec import ROBOT_TYPE as SIM_ROBOT_TYPE
 from pipeline.sim.tabletop import TabletopConfig, TabletopEnv
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def evaluate_policy(checkpoint: str | Path, task: str, episodes: int, seed: int,
         logger.info("using the training dataset named in train_config.json: %s", dataset)
     info, provenance = read_dataset(dataset) if dataset is not None else ({}, [])
     fps = int(info.get("fps") or TabletopConfig.fps)
-    robot_type = str(info.get("robot_type") or DEFAULT_ROBOT_TYPE)
+    robot_type = str(info.get("robot_type") or SIM_ROBOT_TYPE)  # evaluated in the simulator: its robot
     inputs, outputs = policy.config.input_features, policy.config.output_features
     schema = sim_schema(inputs, outputs, fps, robot_type)
     if info:

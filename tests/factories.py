@@ -30,9 +30,11 @@ def make_episode(episode_id: str = "ep-000", num_frames: int = 6, height: int = 
                          "action_names": ["dx", "dy", "dz", "dyaw", "gripper"] if with_action else None})
 
 
-def train_tiny_world_model(out_dir, cameras: tuple[str, ...] = ("top",), depth: bool = False, steps: int = 20):
+def train_tiny_world_model(out_dir, cameras: tuple[str, ...] = ("top",), depth: bool = False, steps: int = 20,
+                           second_robot: bool = False):
     """A world model trained for a few steps on 3 exploration episodes (32x32): real code, seconds on the CPU.
-    Returns (checkpoint, a held-out exploration episode)."""
+    ``second_robot``: one of them becomes a ``kuka_iiwa`` with a 3-d action (its first three dims), so the model has
+    two action heads. Returns (checkpoint, a held-out exploration episode)."""
     from latent_actions.config import LatentActionConfig
     from pipeline.sim.explore import explore_episode
     from pipeline.sim.tabletop import TabletopConfig
@@ -42,6 +44,10 @@ def train_tiny_world_model(out_dir, cameras: tuple[str, ...] = ("top",), depth: 
 
     sim = TabletopConfig(width=32, height=32, cameras=cameras, depth=depth, segmentation=False)
     episodes = [explore_episode(seed, sim, num_frames=10) for seed in range(4)]
+    if second_robot:
+        kuka = episodes[1]
+        kuka.action = kuka.action[:, :3].copy()
+        kuka.meta.update(robot_type="kuka_iiwa", action_names=["ee_dx", "ee_dy", "ee_dz"])
     data = PairData.from_episodes(episodes[:3], cameras, 32, depth=depth,
                                   labelled={e.episode_id for e in episodes[:3]})
     config = model_config_for(WorldModelConfig(cameras=cameras, image_size=32, depth=depth,

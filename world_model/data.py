@@ -28,12 +28,12 @@ from episodes import Episode, read_array, read_header_and_meta, streams
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EMBODIMENT = "franka_panda"  # the embedded simulator's robot (as in write_lerobot)
+DEFAULT_EMBODIMENT = "unknown"  # an episode that names no robot (never guessed: its actions get their own head)
 
 
 def embodiment_of(meta: dict) -> str:
-    """The robot an episode's actions belong to: ``meta["robot_type"]`` (or the LeRobot dataset's), else the
-    simulator's Panda."""
+    """The robot an episode's actions belong to: ``meta["robot_type"]`` (or the LeRobot dataset's), else
+    ``unknown``."""
     lerobot = meta.get("lerobot") if isinstance(meta.get("lerobot"), dict) else {}
     return str(meta.get("robot_type") or lerobot.get("robot_type") or DEFAULT_EMBODIMENT)
 

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from episodes import Episode
+from pipeline.sim.spec import ROBOT_TYPE
 
 SOURCE = "explore_tabletop"
-EMBODIMENT = "franka_panda"
+EMBODIMENT = ROBOT_TYPE  # the simulator's robot
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from episodes import Episode
-from pipeline.sim.spec import ACTION_NAMES, STATE_NAMES
+from pipeline.sim.spec import ACTION_NAMES, ROBOT_TYPE, STATE_NAMES
 from pipeline.sim.simulator import BODY_PLANE, BODY_ROBOT, BODY_TABLE
 from pipeline.sim.tabletop import TabletopConfig, TabletopEnv
 
@@ -90,6 +90,7 @@ def generate_episode(seed: int, task: str | None = None, config: TabletopConfig 
         "source_uri": f"sim://tabletop/{scene.task.family}/seed-{seed}",
         "seed": seed,
         "parent": None,
+        "robot_type": ROBOT_TYPE,
         "task_family": scene.task.family,
         "instruction": scene.task.instruction,
         "target_object": scene.task.target,

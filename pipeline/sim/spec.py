@@ -40,6 +40,7 @@ TRAY_WALL_HEIGHT_M = 0.04
 TRAY_WALL_THICKNESS_M = 0.008
 
 # -- the action and state contract of the env (see pipeline.sim.tabletop) --
+ROBOT_TYPE = "franka_panda"  # every simulator episode's meta["robot_type"]; nothing else defaults to it
 ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "gripper")
 STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_yaw", "gripper_width", *(f"joint_{i}" for i in range(1, 8)))
 MAX_EE_SPEED_MPS = 0.5  # |dx|, |dy|, |dz| <= MAX_EE_SPEED_MPS / fps per control step

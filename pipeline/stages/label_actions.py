@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from episodes import Episode, EpisodeError
-from pipeline.models import stage_world_model
+from pipeline.models import episode_embodiment, stage_world_model
 from pipeline.stage import CheckContext, Filtered, Problem, Resources, StageContext, StageParams, register_stage
 from pipeline.store import RunStore
 
@@ -38,7 +38,8 @@ METHOD = "latent action -> alignment head; confidence = 1 - WM error / copy erro
 
 class LabelActionsParams(StageParams):
     checkpoint: str = Field("", description="a checkpoint directory; empty: the run's train_world_model")
-    embodiment: str | None = Field(None, description="whose action space to decode into; None: the model's only one")
+    embodiment: str | None = Field(None, description="whose action space to decode into when the episode's own robot "
+                                   "has no head in the model; None: the model's only one")
     action_names: list[str] | None = Field(None, description="names of the decoded action dims (meta.action_names)")
     min_confidence: float = Field(0.0, ge=0, le=1, description="filter episodes whose mean confidence is lower")
     resources: Resources = Resources(num_cpus=1)
@@ -92,7 +93,8 @@ class LabelActions:
     def __init__(self, params: LabelActionsParams, ctx: StageContext):
         self.params = params
         self.wm, self.checkpoint, self.embodiment = stage_world_model(STAGE, params.checkpoint, ctx,
-                                                                      params.resources.num_gpus, params.embodiment)
+                                                                      params.resources.num_gpus, params.embodiment,
+                                                                      need_embodiment=False)
         self.store = RunStore(ctx.run_dir)
 
     def __call__(self, episode: Episode) -> Episode:
@@ -106,22 +108,26 @@ class LabelActions:
                                f"the world model reads cameras {list(cfg.cameras)}; this episode lacks {missing}")
         if episode.num_frames < 2:
             raise EpisodeError(episode.episode_id, "rgb", "fewer than 2 frames: no frame pair to label")
+        try:
+            embodiment = episode_embodiment(STAGE, self.wm, episode.meta, self.embodiment)
+        except ValueError as exc:
+            raise EpisodeError(episode.episode_id, "robot_type", str(exc)) from None
         states = self.wm.states(episode)
-        actions = self.wm.decode_actions(self.wm.infer_latents(states[:-1], states[1:]), self.embodiment)
+        actions = self.wm.decode_actions(self.wm.infer_latents(states[:-1], states[1:]), embodiment)
         actions = actions.cpu().numpy().astype(np.float32)  # (T-1, A)
-        confidence = self.wm.label_confidence(states, actions, self.embodiment)  # (T-1,)
+        confidence = self.wm.label_confidence(states, actions, embodiment)  # (T-1,)
         names = self.params.action_names or episode.meta.get("action_names")
         if names is not None and len(names) != actions.shape[1]:
             raise EpisodeError(episode.episode_id, "action_names",
                                f"{len(names)} names for {actions.shape[1]} decoded action dims")
-        summary = {"checkpoint": self.store.relative(self.checkpoint), "embodiment": self.embodiment,
+        summary = {"checkpoint": self.store.relative(self.checkpoint), "embodiment": embodiment,
                    "confidence_mean": round(float(confidence.mean()), 4),
                    "confidence_min": round(float(confidence.min()), 4), "method": METHOD}
         if summary["confidence_mean"] < self.params.min_confidence:
             raise Filtered(f"pseudo-label confidence {summary['confidence_mean']:.2f} < min_confidence "
                            f"{self.params.min_confidence:g}")
         meta = {**episode.meta, "action_source": "pseudo_labelled", "pseudo_label": summary,
-                "robot_type": self.embodiment, "action_names": list(names) if names is not None else None}
+                "robot_type": embodiment, "action_names": list(names) if names is not None else None}
         return dataclasses.replace(
             episode, action=np.concatenate([actions, actions[-1:]]),
             extras={**episode.extras, "action_confidence": np.concatenate([confidence, confidence[-1:]])},

@@ -36,7 +36,8 @@ STAGE = "rollout"
 
 class RolloutParams(StageParams):
     checkpoint: str = Field("", description="a checkpoint directory; empty: the run's train_world_model")
-    embodiment: str | None = Field(None, description="whose actions; None: the model's only one")
+    embodiment: str | None = Field(None, description="only parents of this robot; None: every robot the model has an "
+                                   "action head for (each rolled out with its own)")
     rollouts_per_episode: int = Field(4, ge=1, le=1000)
     horizon: int = Field(8, ge=1, le=256, description="predicted steps per rollout")
     proposals: dict[str, float] = Field(
@@ -80,16 +81,26 @@ class Rollout:
     def __init__(self, params: RolloutParams, ctx: StageContext):
         self.params, self.seed = params, ctx.seed
         self.wm, self.checkpoint, self.embodiment = stage_world_model(STAGE, params.checkpoint, ctx,
-                                                                      params.resources.num_gpus, params.embodiment)
+                                                                      params.resources.num_gpus, params.embodiment,
+                                                                      need_embodiment=False)
         self.provenance = {"checkpoint": RunStore(ctx.run_dir).relative(self.checkpoint), "rollout_model": {
             "backend": self.wm.config.backend, "image_size": self.wm.config.image_size,
             "cameras": list(self.wm.config.cameras), "depth": self.wm.config.depth}}
+
+    @staticmethod
+    def robot(episode: Episode) -> str:
+        """The parent's robot: its actions, and so the rollout's, are in that robot's action space."""
+        from world_model.data import embodiment_of
+
+        return embodiment_of(episode.meta)
 
     def usable(self, episode: Episode) -> bool:
         cfg = self.wm.config
         return (episode.action is not None and episode.meta.get("source") != "synthetic"
                 and (self.params.include_pseudo_labelled or episode.meta.get("action_source") != "pseudo_labelled")
                 and episode.num_frames > self.params.horizon
+                and self.robot(episode) in (self.wm.config.embodiments if self.embodiment is None
+                                            else [self.embodiment])
                 and all(cam in episode.rgb and (not cfg.depth or cam in episode.depth_m) for cam in cfg.cameras))
 
     def __call__(self, episode: Episode) -> list[Episode]:
@@ -102,7 +113,7 @@ class Rollout:
         states = self.wm.states(episode)  # (T, C, h, w)
         starts = states[[r["start_frame"] for r in recipes]]
         frames = np.concatenate([self.wm.rollout(starts[i:i + p.batch_size], actions=actions[i:i + p.batch_size],
-                                                 embodiment=self.embodiment)
+                                                 embodiment=self.robot(episode))
                                  for i in range(0, len(recipes), p.batch_size)])  # (N, K, C, h, w)
         out = [episode]
         for recipe, acts, pred in zip(recipes, actions, frames):

@@ -33,7 +33,7 @@ def test_round_trip_through_lerobot_reader(tmp_path):
         ("ep-a", WRITTEN, "shard-00000"), ("ep-b", WRITTEN, "shard-00000")]
     ds = read_shard(shard)
     assert ds.num_episodes == 2 and len(ds) == 6 + 8 and ds.fps == 10
-    assert ds.meta.robot_type == "franka_panda"
+    assert ds.meta.robot_type == "unknown"  # the factory's episodes name no robot
     features = ds.meta.features
     assert features["observation.images.wrist"]["shape"] == (32, 32, 3)
     assert features["observation.depth.front"]["info"]["is_depth_map"] is True

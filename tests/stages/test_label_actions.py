@@ -121,3 +121,24 @@ def test_simulator_can_hide_actions(tmp_path):
     episode = Episode.load(out["path"])
     assert episode.action is None and episode.extras["hidden_action"].shape == (episode.num_frames, 5)
     assert episode.meta["actions_hidden"] is True
+
+
+def test_each_robot_is_decoded_with_its_own_head(tmp_path_factory, tmp_path):
+    """A model of two robots labels each episode into its own robot's action space; a robot it has no head for is
+    an error naming the heads, unless params.embodiment says whose space to use (issue 12)."""
+    import copy
+
+    checkpoint, held_out = train_tiny_world_model(tmp_path_factory.mktemp("wm2"), CAMERAS, second_robot=True)
+    panda = copy.deepcopy(held_out)
+    panda.action, panda.meta["action_names"] = None, None
+    kuka = copy.deepcopy(panda)
+    kuka.meta["robot_type"] = "kuka_iiwa"
+    stage = _stage(checkpoint, tmp_path)  # two heads and no embodiment param: each episode uses its own
+    assert stage(kuka).action.shape[1] == 3 and stage(kuka).meta["pseudo_label"]["embodiment"] == "kuka_iiwa"
+    assert stage(panda).action.shape[1] == 5 and stage(panda).meta["robot_type"] == "franka_panda"
+    other = copy.deepcopy(panda)
+    other.meta["robot_type"] = "unknown"
+    with pytest.raises(EpisodeError, match="robot 'unknown' has no action head.*'franka_panda', 'kuka_iiwa'"):
+        stage(other)
+    decoded = _stage(checkpoint, tmp_path, embodiment="kuka_iiwa")(other)
+    assert decoded.action.shape[1] == 3 and decoded.meta["robot_type"] == "kuka_iiwa"

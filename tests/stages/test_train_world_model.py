@@ -85,7 +85,8 @@ def test_plan_split_holds_out_and_labels_deterministically(rows):
     assert "ep-007" not in split["labelled"]  # no actions: can never be labelled
     eligible = [e for e in split["train"] if e != "ep-007"]
     assert len(split["labelled"]) == round(0.5 * len(eligible)) and set(split["labelled"]) <= set(eligible)
-    assert split["action_dims"] == {"franka_panda": 5} and len(split["action_stats"]["franka_panda"]["std"]) == 5
+    # the factory's episodes name no robot: their actions get the head of "unknown", never the simulator's arm
+    assert split["action_dims"] == {"unknown": 5} and len(split["action_stats"]["unknown"]["std"]) == 5
     only_video = plan_split(rows, params.model_copy(update={"labelled_sources": ["video"]}), seed=3)
     assert only_video["labelled"] == []  # the video source has no actions to use
 
