@@ -240,9 +240,10 @@ def build(rows: list[dict], params: SynthesizeQAParams, ctx: StageContext, out_d
                 writer.write(sample)
                 document = json.loads(sample["json"])
                 rows_here = index_rows(document, key, shards[-1]["name"])
-                per_origin["calibration"][(document.get("calibration") or {}).get("intrinsics", "unrecorded")] += \
-                    len(rows_here)
-                per_origin["depth"][document["depth"]["source"]] += len(rows_here)
+                if rows_here:
+                    calibration = (document.get("calibration") or {}).get("intrinsics", "unrecorded")
+                    per_origin["calibration"][calibration] += len(rows_here)
+                    per_origin["depth"][document["depth"]["source"]] += len(rows_here)
                 index.extend(rows_here)
                 per_family.update(row["family"] for row in rows_here)
                 shards[-1]["samples"] += 1
