@@ -78,7 +78,7 @@ class CameraCalibration(StageParams):
     def _rigid(cls, pose: list[list[float]] | None) -> list[list[float]] | None:
         if pose is None:
             return None
-        return pose_problem_free(pose)
+        return rigid_pose(pose)
 
     @model_validator(mode="after")
     def _something(self) -> CameraCalibration:
@@ -87,7 +87,7 @@ class CameraCalibration(StageParams):
         return self
 
 
-def pose_problem_free(pose: Any) -> list[list[float]]:
+def rigid_pose(pose: Any) -> list[list[float]]:
     """A 4x4 rigid transform as nested lists; ValueError saying what is wrong otherwise."""
     arr = np.asarray(pose, dtype=np.float64)
     if arr.shape != (4, 4):
@@ -124,7 +124,7 @@ def apply(meta: dict[str, Any], frame_sizes: dict[str, tuple[int, int]],
             entry["intrinsics"] = scaled(from_source["intrinsics"], width, height)
             origin["intrinsics"] = DATASET
         if from_source.get("cam_to_world") is not None:
-            entry["cam_to_world"] = pose_problem_free(from_source["cam_to_world"])
+            entry["cam_to_world"] = rigid_pose(from_source["cam_to_world"])
             origin["extrinsics"] = DATASET
         params = (given or {}).get(cam)
         if params is not None and params.intrinsics is not None:
